@@ -1,0 +1,25 @@
+"""A `dict` of URL -> status shared by parallel crawler runs through a named key-value store.
+
+Self-contained: copy this folder into another actor. The sync protocol is in `docs/sync-protocol.md`.
+"""
+
+from ._backends import open_store, storage_client_for
+from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
+from ._records import ENQUEUED, FORMAT_VERSION
+from ._shared_map import SharedMap, SyncMode
+from ._stats import RunStats, SyncResult
+
+__all__ = [
+    'ENQUEUED',
+    'FORMAT_VERSION',
+    'InvalidOptionError',
+    'RunStats',
+    'SharedMap',
+    'SharedMapError',
+    'SyncError',
+    'SyncMode',
+    'SyncResult',
+    'UnsupportedFormatError',
+    'open_store',
+    'storage_client_for',
+]
