@@ -336,6 +336,7 @@ class SharedMap(dict[str, Any]):
         await self._read_phase(listing, result)
         own = [seq for run, seq in listing.logs.values() if run == self.run_id]
         self._next_seq = max([*own, self._had.get(self.run_id, SeqSet()).max()]) + 1
+        self.stats.add(result, is_sync=False)
         self._initialized = True
         logger.info(
             'Shared map %r (run %s): loaded %d entries from %d records and %d snapshots.',

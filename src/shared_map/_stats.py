@@ -55,8 +55,9 @@ class RunStats:
     max_sync_seconds: float = 0.0
     sync_durations: list[float] = field(default_factory=list, repr=False)
 
-    def add(self, result: SyncResult) -> None:
-        self.syncs += 1
+    def add(self, result: SyncResult, *, is_sync: bool = True) -> None:
+        """Add what one sync (or, with `is_sync=False`, the initial load) did."""
+        self.syncs += is_sync
         for name in (
             'entries_written',
             'records_written',
@@ -73,10 +74,11 @@ class RunStats:
         if result.lease_won is not None:
             self.lease_wins += result.lease_won
             self.lease_misses += not result.lease_won
-        self.sync_seconds += result.seconds
-        self.max_sync_seconds = max(self.max_sync_seconds, result.seconds)
-        if len(self.sync_durations) < 100_000:  # Bounded: enough for percentiles in a stress run.
-            self.sync_durations.append(result.seconds)
+        if is_sync:
+            self.sync_seconds += result.seconds
+            self.max_sync_seconds = max(self.max_sync_seconds, result.seconds)
+            if len(self.sync_durations) < 100_000:  # Bounded: enough for percentiles in a stress run.
+                self.sync_durations.append(result.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,0 +1,99 @@
+"""Compaction: bounded record count, deferred deletion, the lease, orphans of a dead compaction."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from crawlee.storages import KeyValueStore
+
+from src.shared_map import SharedMap
+
+
+async def keys_of(store: KeyValueStore, prefix: str = 'SM.') -> list[str]:
+    return [meta.key async for meta in store.iterate_keys() if meta.key.startswith(prefix)]
+
+
+async def test_compaction_bounds_the_records_and_loses_nothing(store: KeyValueStore) -> None:
+    a = SharedMap(store, run_id='a', compact_after_records=4)
+    b = SharedMap(store, run_id='b', compact_after_records=4)
+    await a.initialize()
+    await b.initialize()
+    log_counts = []
+    for i in range(30):
+        writer = a if i % 2 else b
+        writer[f'k{i}'] = 'processed'
+        writer[f'shared{i % 5}'] = 'enqueued'
+        await writer.sync()
+        log_counts.append(len(await keys_of(store, 'SM.L.')))
+    await a.sync()
+    await b.sync()
+    assert a.stats.compactions + b.stats.compactions >= 3
+    assert max(log_counts) <= 2 * 4 + 1, log_counts  # deletion is one compaction late
+    assert len(await keys_of(store, 'SM.M.')) == 1
+    fresh = SharedMap(store, run_id='fresh')
+    await fresh.initialize()
+    assert dict(fresh) == dict(a) == dict(b)
+    assert len(fresh) == 35
+
+
+async def test_readers_that_keep_up_never_reload_a_snapshot(store: KeyValueStore) -> None:
+    a = SharedMap(store, run_id='a', compact_after_records=3)
+    b = SharedMap(store, run_id='b', compact_after_records=10**6)
+    await a.initialize()
+    await b.initialize()
+    for i in range(20):
+        a[f'k{i}'] = 'processed'
+        await a.sync()
+        await b.sync()
+    assert a.stats.compactions >= 3
+    assert b.stats.snapshots_loaded == 0
+    assert dict(a) == dict(b)
+
+
+async def test_a_live_lease_blocks_compaction_and_an_expired_one_does_not(store: KeyValueStore) -> None:
+    lease = {'format': 'apify-shared-map', 'version': 1, 'kind': 'lease', 'owner': 'other', 'token': 't'}
+    live = dict(lease, expiresAt=int(time.time() * 1000) + 60_000)
+    await store.set_value('SM.LEASE', json.dumps(live).encode(), content_type='application/octet-stream')
+    a = SharedMap(store, run_id='a', compact_after_records=2)
+    await a.initialize()
+    for i in range(4):
+        a[f'k{i}'] = 'processed'
+        await a.sync()
+    assert a.stats.compactions == 0
+    assert a.stats.lease_misses >= 2
+    assert a.stats.lease_wins == 0
+
+    dead = dict(lease, expiresAt=int(time.time() * 1000) - 1)  # its holder died: the TTL ran out
+    await store.set_value('SM.LEASE', json.dumps(dead).encode(), content_type='application/octet-stream')
+    a['more'] = 'processed'
+    result = await a.sync()
+    assert result.lease_won
+    assert result.compacted
+    released = json.loads(await store.get_value('SM.LEASE'))
+    assert released['owner'] == 'a'
+    assert released['expiresAt'] == 0, 'the lease is released after compacting'
+
+
+async def test_parts_of_a_dead_compaction_are_ignored_then_cleaned(store: KeyValueStore) -> None:
+    a = SharedMap(store, run_id='a', compact_after_records=2, lease_ttl_secs=1, orphan_age_secs=4)
+    await a.initialize()
+    a['x'] = 'processed'
+    await a.sync()
+    # A compaction that died after writing a part and before its manifest: a stray part, wrong content.
+    started = int(time.time() * 1000) - 10_000
+    stray = f'SM.P.0000000001.dead.{started:x}beef.00000'
+    body = {'format': 'apify-shared-map', 'version': 1, 'kind': 'part', 'groups': [[1, 'poison', ['x']]]}
+    await store.set_value(stray, json.dumps(body).encode(), content_type='application/octet-stream')
+    young = f'SM.P.0000000001.busy.{int(time.time() * 1000):x}beef.00000'
+    await store.set_value(young, json.dumps(body).encode(), content_type='application/octet-stream')
+    fresh = SharedMap(store, run_id='fresh')
+    await fresh.initialize()
+    assert fresh['x'] == 'processed', 'parts without a manifest are never loaded'
+    for i in range(3):
+        a[f'k{i}'] = 'processed'
+        await a.sync()
+    assert a.stats.compactions >= 1
+    remaining = await keys_of(store)
+    assert stray not in remaining, 'an old orphan part is cleaned up'
+    assert young in remaining, 'a part that may belong to a running compaction is kept'
