@@ -30,8 +30,17 @@ def _isolated_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """Every test gets its own default storage folder and a fresh crawlee storage cache."""
     monkeypatch.setenv('CRAWLEE_STORAGE_DIR', str(tmp_path / 'default-storage'))
     monkeypatch.setenv('APIFY_LOCAL_STORAGE_DIR', str(tmp_path / 'default-storage'))
-    service_locator.storage_instance_manager.clear_cache()
+    _reset_service_locator()
     yield
+    _reset_service_locator()
+
+
+def _reset_service_locator() -> None:
+    # crawlee keeps its configuration, storage client and storages process-wide; its own test suite resets the
+    # same private fields between tests, since there is no public reset.
+    service_locator._configuration = None
+    service_locator._event_manager = None
+    service_locator._storage_client = None
     service_locator.storage_instance_manager.clear_cache()
 
 

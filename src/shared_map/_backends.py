@@ -30,15 +30,15 @@ def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Co
     if connection is None:
         return None, None
     if connection.startswith('file://'):
-        from crawlee.configuration import Configuration  # noqa: PLC0415 - heavy imports, only when used
-        from crawlee.storage_clients import FileSystemStorageClient  # noqa: PLC0415
+        from crawlee.configuration import Configuration
+        from crawlee.storage_clients import FileSystemStorageClient
 
         path = Path(connection.removeprefix('file://'))
         if not path.is_absolute():
             raise InvalidOptionError(f'Storage connection {connection!r} needs an absolute path; {CONNECTION_HELP}.')
         return FileSystemStorageClient(), Configuration(storage_dir=str(path))
     if connection.startswith(('sqlite+aiosqlite://', 'postgresql+asyncpg://')):
-        from crawlee.storage_clients import SqlStorageClient  # noqa: PLC0415
+        from crawlee.storage_clients import SqlStorageClient
 
         return SqlStorageClient(connection_string=connection), None
     raise InvalidOptionError(f'Unknown storage connection {connection!r}: {CONNECTION_HELP}.')
@@ -51,7 +51,7 @@ async def open_store(name: str, *, connection: str | None = None) -> KeyValueSto
         name: Store name: `a-z`, `0-9` and inner hyphens (crawlee's rule for named storages).
         connection: Where the store lives; None for the default storage client.
     """
-    from crawlee.storages import KeyValueStore  # noqa: PLC0415
+    from crawlee.storages import KeyValueStore
 
     storage_client, configuration = storage_client_for(connection)
     return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)

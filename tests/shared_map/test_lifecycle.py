@@ -1,0 +1,137 @@
+"""Opening, background sync, closing, and the Actor events (emitted through the SDK's real event manager)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from apify import Actor, Event
+from crawlee.events._types import EventMigratingData, EventPersistStateData
+from crawlee.storages import KeyValueStore
+
+from src.shared_map import InvalidOptionError, SharedMap, SharedMapError, SyncError
+
+
+async def run_record(store: KeyValueStore, run_id: str) -> dict[str, object]:
+    raw = await store.get_value(f'SM.R.{run_id}')
+    assert isinstance(raw, bytes)
+    body: dict[str, object] = json.loads(raw)
+    return body
+
+
+async def test_context_manager_and_run_record(store: KeyValueStore) -> None:
+    async with SharedMap(store, run_id='ctx') as shared:
+        shared['a'] = 'processed'
+        assert shared.pending == 1
+    assert shared.pending == 0, 'close() synced'
+    record = await run_record(store, 'ctx')
+    assert record['finished'] is True
+    assert record['entries'] == 1
+    stats = record['stats']
+    assert isinstance(stats, dict)
+    assert stats['entries_written'] == 1
+    assert stats['syncs'] == 1
+
+
+async def test_background_sync_publishes_without_being_asked(store: KeyValueStore) -> None:
+    writer = SharedMap(store, run_id='writer')
+    reader = SharedMap(store, run_id='reader')
+    await writer.initialize()
+    await reader.initialize()
+    writer.start_background_sync(0.05)
+    reader.start_background_sync(0.05)
+    with pytest.raises(SharedMapError, match='already running'):
+        writer.start_background_sync(0.05)
+    writer['u'] = 'processed'
+    for _ in range(100):
+        if reader.get('u') == 'processed':
+            break
+        await asyncio.sleep(0.02)
+    assert reader.get('u') == 'processed'
+    writer['v'] = 'processed'
+    await writer.close()  # stops the task, final sync
+    await reader.stop_background_sync()
+    assert reader.get('v') == 'processed'
+    assert writer.stats.syncs >= 2
+    await reader.close()
+
+
+async def test_background_sync_survives_store_errors(
+    store: KeyValueStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = SharedMap(store, run_id='flaky')
+    await shared.initialize()
+    real_set_value = store.set_value
+    failures = 3
+
+    async def flaky_set_value(*args: object, **kwargs: object) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError('No space left on device')
+        await real_set_value(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, 'set_value', flaky_set_value)
+    shared['kept'] = 'processed'
+    with pytest.raises(SyncError, match='No space left'):
+        await shared.sync()
+    assert shared.pending == 1, 'the change is kept for the next sync'
+    with caplog.at_level(logging.WARNING):
+        shared.start_background_sync(0.02)
+        for _ in range(200):
+            if shared.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert shared.pending == 0
+    assert 'will retry' in caplog.text
+    await shared.close()
+    other = SharedMap(store, run_id='other')
+    await other.initialize()
+    assert other['kept'] == 'processed'
+
+
+async def test_invalid_options_are_clear_errors(store: KeyValueStore) -> None:
+    with pytest.raises(InvalidOptionError, match='run_id'):
+        SharedMap(store, run_id='has.dots')
+    with pytest.raises(InvalidOptionError, match='max_record_bytes'):
+        SharedMap(store, max_record_bytes=10 * 1024 * 1024)
+    with pytest.raises(SharedMapError, match='initialize'):
+        await SharedMap(store).sync()
+
+
+async def test_run_id_defaults_to_the_platform_run_id(store: KeyValueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('ACTOR_RUN_ID', 'HG7ML7M8z78YcAPEB')
+    assert SharedMap(store).run_id == 'HG7ML7M8z78YcAPEB'
+    monkeypatch.delenv('ACTOR_RUN_ID')
+    monkeypatch.delenv('APIFY_ACTOR_RUN_ID', raising=False)
+    assert SharedMap(store).run_id != SharedMap(store).run_id
+
+
+async def test_open_outside_an_actor(tmp_path: Path) -> None:
+    shared = await SharedMap.open('plain-store', run_id='plain', sync_interval_secs=0.05)
+    shared['a'] = 'processed'
+    await shared.close()
+    assert (tmp_path / 'default-storage' / 'key_value_stores' / 'plain-store').is_dir()
+
+
+async def test_open_inside_an_actor_follows_its_events(tmp_path: Path) -> None:
+    async with Actor(exit_process=False):
+        shared = await SharedMap.open('actor-store', run_id='in-actor', sync_interval_secs=3600)
+        shared['a'] = 'processed'
+        Actor.event_manager.emit(event=Event.PERSIST_STATE, event_data=EventPersistStateData(is_migrating=False))
+        await Actor.event_manager.wait_for_all_listeners_to_complete()
+        assert shared.pending == 0, 'PERSIST_STATE synced'
+
+        shared['b'] = 'processed'
+        Actor.event_manager.emit(event=Event.MIGRATING, event_data=EventMigratingData())
+        await Actor.event_manager.wait_for_all_listeners_to_complete()
+        assert shared.pending == 0, 'MIGRATING did a final sync'
+        assert shared._sync_task is None, 'and stopped the background sync'
+        store = shared.store
+        record = await run_record(store, 'in-actor')
+        assert record['finished'] is False
+        await shared.close()
+        assert (await run_record(store, 'in-actor'))['finished'] is True

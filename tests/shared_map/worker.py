@@ -1,0 +1,117 @@
+"""A real process that uses a shared map, for the multi-process tests (`python -m tests.shared_map.worker ...`).
+
+Worker `index` of `count` does random operations with random sync timing:
+* keys `own-<index>-<n>` get any value or a deletion only from this worker, and `enqueued` from anyone,
+  so the final value of each is computable from the operations alone (the lossless check);
+* keys `hot-<n>` get anything from anyone (the convergence check).
+Before each `sync()` the operations it will publish are appended to a journal as `pending`, and once it returns a
+`synced` line follows (both flushed and fsynced), so a test that kills this process knows what had been synced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from crawlee.storage_clients import SqlStorageClient
+from crawlee.storages import KeyValueStore
+
+from src.shared_map import SharedMap, storage_client_for
+
+VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
+
+
+def random_op(rng: random.Random, index: int, count: int, own_keys: int, hot_keys: int) -> tuple[str, Any, bool]:
+    """(key, value, is_delete)."""
+    roll = rng.random()
+    if roll < 0.25:
+        return f'hot-{rng.randrange(hot_keys)}', rng.choice(VALUES), False
+    if roll < 0.5:  # enqueue a key some other worker owns
+        return f'own-{rng.randrange(count)}-{rng.randrange(own_keys)}', 'enqueued', False
+    key = f'own-{index}-{rng.randrange(own_keys)}'
+    if roll < 0.55:
+        return key, None, True
+    return key, rng.choice(VALUES), False
+
+
+def write_line(journal: TextIO, line: dict[str, Any]) -> None:
+    journal.write(json.dumps(line) + '\n')
+    journal.flush()
+    os.fsync(journal.fileno())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--connection', required=True)
+    parser.add_argument('--index', type=int, required=True)
+    parser.add_argument('--count', type=int, required=True)
+    parser.add_argument('--seed', type=int, required=True)
+    parser.add_argument('--ops', type=int, default=2000, help='operations; 0 runs until killed')
+    parser.add_argument('--own-keys', type=int, default=300)
+    parser.add_argument('--hot-keys', type=int, default=50)
+    parser.add_argument('--max-sleep', type=float, default=0.01)
+    parser.add_argument('--compact-after', type=int, default=8)
+    parser.add_argument('--lease-ttl', type=float, default=2.0)
+    parser.add_argument('--workdir', type=Path, required=True)
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    storage_client, configuration = storage_client_for(args.connection)
+    store = await KeyValueStore.open(name='shared-proc', storage_client=storage_client, configuration=configuration)
+    shared = SharedMap(
+        store,
+        run_id=f'worker{args.index}',
+        compact_after_records=args.compact_after,
+        lease_ttl_secs=args.lease_ttl,
+        orphan_age_secs=max(4 * args.lease_ttl, 8),
+    )
+    await shared.initialize()
+    journal = (args.workdir / f'journal-{args.index}.jsonl').open('a', encoding='utf-8')
+    unsynced: list[list[Any]] = []
+    done = 0
+    while args.ops == 0 or done < args.ops:
+        for _ in range(rng.randint(1, 40)):
+            key, value, is_delete = random_op(rng, args.index, args.count, args.own_keys, args.hot_keys)
+            if is_delete:
+                if key not in shared:
+                    continue
+                del shared[key]
+            else:
+                shared[key] = value
+            unsynced.append([key, value, is_delete])
+            done += 1
+        if rng.random() < 0.5:
+            await asyncio.sleep(rng.random() * args.max_sleep)
+        if rng.random() < 0.6:
+            write_line(journal, {'pending': unsynced})
+            await shared.sync()
+            write_line(journal, {'synced': len(unsynced)})
+            unsynced = []
+    write_line(journal, {'pending': unsynced})
+    await shared.sync()
+    write_line(journal, {'synced': len(unsynced)})
+    journal.close()
+
+    # Convergence: once every worker has published everything, one more read, then dump the replica.
+    (args.workdir / f'done-{args.index}').touch()
+    deadline = time.monotonic() + 120
+    while not all((args.workdir / f'done-{i}').exists() for i in range(args.count)):
+        if time.monotonic() > deadline:
+            raise SystemExit('timed out waiting for the other workers')
+        await asyncio.sleep(0.05)
+    await shared.sync()
+    (args.workdir / f'replica-{args.index}.json').write_text(json.dumps(dict(shared), sort_keys=True))
+    (args.workdir / f'stats-{args.index}.json').write_text(json.dumps(shared.stats.to_dict()))
+    await shared.close()
+    if isinstance(storage_client, SqlStorageClient):
+        await storage_client.close()
+
+
+if __name__ == '__main__':
+    asyncio.run(main())
