@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import importlib.metadata
@@ -176,6 +177,8 @@ def _sync_row(result: SyncResult, seconds: float) -> Json:
         'entries_written': result.entries_written,
         'records_written': result.records_written,
         'bytes_written': result.bytes_written,
+        'entries_read': result.entries_read,
+        'entries_changed': result.entries_changed,
         'records_read': result.records_read,
         'bytes_read': result.bytes_read,
         'records_deleted': result.records_deleted,
@@ -187,6 +190,40 @@ async def _timed_sync(shared: SharedMap) -> Json:
     started = time.perf_counter()
     result = await shared.sync()
     return _sync_row(result, time.perf_counter() - started)
+
+
+class _StallProbe:
+    """The longest time the event loop went without running a task that asks to run every millisecond."""
+
+    def __init__(self) -> None:
+        self.max_stall = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            self.max_stall = max(self.max_stall, now - last)
+            last = now
+
+    async def __aenter__(self) -> _StallProbe:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _stalled_sync(shared: SharedMap) -> Json:
+    """One more sync, with the stall probe running (kept out of the timed samples, which it would slow a little)."""
+    async with _StallProbe() as probe:
+        row = await _timed_sync(shared)
+    return row | {'max_event_loop_stall': probe.max_stall}
 
 
 async def _store_stats(store: KeyValueStore) -> Json:
@@ -223,14 +260,16 @@ async def bench_operations(keys: list[str], path: Path, repeat: int) -> Json:
     store = await _open(path)
     loops = {kind: {op: _compile_loop(statement) for op, statement in LOOPS.items()} for kind in KINDS}
     ns: dict[str, dict[str, list[float]]] = {kind: {op: [] for op in LOOPS} for kind in KINDS}
-    for r in range(repeat):
-        shared = _new_map(store, f'micro-{r}')
+    for r in range(-1, repeat):  # Round -1 warms up (page faults of the first growth, specialisation); not kept.
+        shared = _new_map(store, f'micro-{r + 1}')
         await shared.initialize()
         containers: dict[str, Any] = {'dict': {}, 'shared_map': shared, 'override_floor': _OverrideFloor()}
         order = KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]  # Who goes first rotates between repeats.
         for op in LOOPS:
             for kind in order:
-                ns[kind][op].append(_time_loop(loops[kind][op], containers[kind], keys))
+                elapsed = _time_loop(loops[kind][op], containers[kind], keys)
+                if r >= 0:
+                    ns[kind][op].append(elapsed)
         for kind, container in containers.items():
             if len(container) != len(keys):
                 raise RuntimeError(f'{kind} holds {len(container)} entries, expected {len(keys)}')
@@ -256,25 +295,33 @@ async def bench_operations(keys: list[str], path: Path, repeat: int) -> Json:
 # ---------------------------------------------------------------------------------------------------- 2.-4. store
 
 
-async def write_state(path: Path, keys: list[str], value: str, run_id: str, batches: int = 10) -> Json:
-    """One run publishes every key with `value` in `batches` syncs, never compacting: a store of log records only."""
+async def write_state(path: Path, keys: list[str], values: Sequence[str], run_id: str, batches: int = 10) -> Json:
+    """One run sets every key to each of `values` in turn, in `batches` syncs per value, never compacting.
+
+    The store then holds log records only: `len(values) * len(keys)` log entries.
+    """
     store = await _open(path)
     writer = _new_map(store, run_id)
     await writer.initialize()
     step = -(-len(keys) // batches)
     syncs: list[Json] = []
-    for start in range(0, len(keys), step):
-        for key in keys[start : start + step]:
-            writer[key] = value
-        row = await _timed_sync(writer)
-        if row['compacted']:
-            raise RuntimeError('the writer compacted although compaction was disabled')
-        syncs.append(row)
+    for phase, value in enumerate(values):
+        for start in range(0, len(keys), step):
+            for key in keys[start : start + step]:
+                writer[key] = value
+            last = phase == len(values) - 1 and start + step >= len(keys)
+            row = await (_stalled_sync(writer) if last else _timed_sync(writer))  # The last one is probed, not timed.
+            if row['compacted']:
+                raise RuntimeError('the writer compacted although compaction was disabled')
+            syncs.append(row)
+    timed = [s for s in syncs if 'max_event_loop_stall' not in s] or syncs
     return {
-        'value': value,
+        'values': list(values),
         'syncs': syncs,
-        'sync_seconds_median': _median([s['seconds'] for s in syncs]),
+        'sync_seconds_median': _median([s['seconds'] for s in timed]),
+        'max_event_loop_stall': syncs[-1]['max_event_loop_stall'],
         'entries_per_sync': step,
+        'log_entries': len(values) * len(keys),
         'bytes_written': sum(s['bytes_written'] for s in syncs),
         'store': await _store_stats(store),
     }
@@ -296,7 +343,12 @@ async def time_initialize(path: Path, expected: int, expected_not_enqueued: int 
             raise RuntimeError(f'initialize() loaded {found} non-enqueued values, expected {expected_not_enqueued}')
         del shared, store
     gc.collect()
-    return {'seconds': _median(samples), 'samples': samples}
+    async with _StallProbe() as probe:
+        shared = SharedMap(await _open(path), run_id=f'reader-{uuid.uuid4().hex[:10]}')
+        await shared.initialize()
+    del shared
+    gc.collect()
+    return {'seconds': _median(samples), 'samples': samples, 'max_event_loop_stall': probe.max_stall}
 
 
 async def compact(path: Path, keys: list[str], count: int) -> Json:
@@ -311,11 +363,16 @@ async def compact(path: Path, keys: list[str], count: int) -> Json:
     await compactor.initialize()
     init_seconds = time.perf_counter() - started
     middle = len(keys) // 2
+    changed: set[str] = set()
     syncs: list[Json] = []
-    for i in range(count):
-        for key in keys[middle + i * SMALL_CHANGE : middle + (i + 1) * SMALL_CHANGE]:
+    for i in range(count + 1):
+        batch = keys[middle + i * SMALL_CHANGE : middle + (i + 1) * SMALL_CHANGE]
+        for key in batch:
             compactor[key] = 'processed'
-        syncs.append(await _timed_sync(compactor))
+        changed.update(batch)
+        if i < count:
+            syncs.append(await _timed_sync(compactor))
+    probed = await _stalled_sync(compactor)  # The last one, probed for event-loop stalls, is not timed.
     stats = await _store_stats(store)
     if not any(key.startswith('SM.M.') for key in stats['manifests']):
         raise RuntimeError(f'no SM.M. manifest in the store after {count} compacting syncs: {stats}')
@@ -327,35 +384,56 @@ async def compact(path: Path, keys: list[str], count: int) -> Json:
         'seconds': _median([s['seconds'] for s in compactions]),
         'bytes_written': _median([s['bytes_written'] for s in compactions]),
         'first_seconds': compactions[0]['seconds'] if compactions else None,
-        'processed_entries': count * SMALL_CHANGE,
+        'probed': probed,
+        'max_event_loop_stall': probed['max_event_loop_stall'],
+        'processed_entries': len(changed),
         'store': stats,
     }
 
 
 async def time_sync(path: Path, keys: list[str], repeat: int) -> Json:
-    """Per repeat: set 1 % of the keys to 'processed' and sync, then sync with no change (never compacting)."""
+    """Per repeat: set 1 % of the keys to 'processed' and sync, then sync with no change (never compacting).
+
+    A second run (`peer`, initialized before) then syncs too: it merges those changes into entries it holds.
+    """
     store = await _open(path)
     shared = _new_map(store, 'syncer')
     await shared.initialize()
+    peer = _new_map(await _open(path), 'peer')
+    await peer.initialize()
     step = max(1, len(keys) // 100)
     changed: list[Json] = []
     unchanged: list[Json] = []
+    merged: list[Json] = []
     for r in range(repeat):
         start = (r * step) % len(keys)
         for key in keys[start : start + step]:
             shared[key] = 'processed'
         changed.append(await _timed_sync(shared))
         unchanged.append(await _timed_sync(shared))
+        merged.append(await _timed_sync(peer))
+        if merged[-1]['entries_changed'] != step:
+            raise RuntimeError(f'the peer changed {merged[-1]["entries_changed"]} entries, expected {step}')
+    start = (repeat * step) % len(keys)
+    for key in keys[start : start + step]:
+        shared[key] = 'processed'
+    probed = await _stalled_sync(shared)
     return {
         'entries_changed': step,
         'changed': {
             'seconds': _median([s['seconds'] for s in changed]),
             'bytes_written': _median([s['bytes_written'] for s in changed]),
             'samples': changed,
+            'probed': probed,
+            'max_event_loop_stall': probed['max_event_loop_stall'],
         },
         'unchanged': {
             'seconds': _median([s['seconds'] for s in unchanged]),
             'samples': unchanged,
+        },
+        'peer_merge': {
+            'seconds': _median([s['seconds'] for s in merged]),
+            'samples': merged,
         },
         'store': await _store_stats(store),
     }
@@ -376,14 +454,18 @@ async def _memory_child(spec: Json) -> Json:
         before = _rss_kib()
         if traced:
             tracemalloc.start()
+        started = time.perf_counter()
         await holder.initialize()
+        seconds = time.perf_counter() - started
     else:
         value = str(spec['value'])
         gc.collect()
         before = _rss_kib()
         if traced:
             tracemalloc.start()
+        started = time.perf_counter()
         holder = {make_key(i): value for i in range(n)}
+        seconds = time.perf_counter() - started
     gc.collect()
     after = _rss_kib()
     peak = _rss_kib('VmHWM')
@@ -391,11 +473,16 @@ async def _memory_child(spec: Json) -> Json:
     if traced:
         current, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        out |= {'traced_bytes_per_entry': current / n, 'traced_peak_bytes_per_entry': traced_peak / n}
+        out |= {
+            'traced_bytes_per_entry': current / n,
+            'traced_peak_bytes_per_entry': traced_peak / n,
+            'traced_seconds': seconds,
+        }
     else:
         out |= {
             'rss_before_kib': before,
             'rss_after_kib': after,
+            'seconds': seconds,
             'peak_rss_kib': peak,
             'bytes_per_entry': (after - before) * 1024 / n,
             'peak_bytes_per_entry': (peak - before) * 1024 / n,
@@ -471,7 +558,7 @@ async def _profiled(name: str, action: Callable[[], Awaitable[Any]], out_dir: Pa
 
 
 async def profile_paths(snapshot_path: Path, log_path: Path, keys: list[str], out_dir: Path) -> Json:
-    """cProfile of initialize (snapshot and log layouts), a 1 % sync and a compacting sync; after the timings."""
+    """cProfile of initialize (snapshot and log layouts), syncs (1 % changed; 10 % new) and a compaction."""
     out: Json = {}
 
     async def init_from(path: Path) -> None:
@@ -486,6 +573,9 @@ async def profile_paths(snapshot_path: Path, log_path: Path, keys: list[str], ou
     for key in keys[-max(1, len(keys) // 100) :]:
         syncer[key] = 'processed'
     out['sync_1pct'] = await _profiled('sync_1pct', syncer.sync, out_dir)
+    for i in range(len(keys), len(keys) + max(1, len(keys) // 10)):
+        syncer[make_key(i)] = 'enqueued'
+    out['sync_publish_10pct_new'] = await _profiled('sync_publish_10pct_new', syncer.sync, out_dir)
 
     compactor = _new_map(
         await _open(snapshot_path), 'profile-compactor', compact_after_records=2, compact_after_bytes=32 * MiB
@@ -513,14 +603,14 @@ async def bench_size(n: int, repeat: int, *, traced: bool, profile_dir: Path | N
         result['operations'] = await bench_operations(keys, micro_path, repeat)
 
         _progress(f'{n:,}: writing the state as log records (all enqueued)')
-        result['write_logs'] = await write_state(main_path, keys, 'enqueued', 'writer')
+        result['write_logs'] = await write_state(main_path, keys, ['enqueued'], 'writer')
         _progress(f'{n:,}: initialize() from log records')
         result['initialize_logs'] = await time_initialize(main_path, n, 0, repeat)
         _progress(f'{n:,}: memory after initialize() from log records (subprocesses)')
         result['memory_enqueued'] = await bench_memory(main_path, n, 'enqueued', traced=traced)
 
-        _progress(f'{n:,}: writing a second state, every entry processed')
-        result['write_logs_processed'] = await write_state(processed_path, keys, 'processed', 'writer')
+        _progress(f'{n:,}: writing a second state: every entry enqueued, then processed')
+        result['write_logs_processed'] = await write_state(processed_path, keys, ['enqueued', 'processed'], 'writer')
         result['initialize_logs_processed'] = await time_initialize(processed_path, n, n, repeat)
         result['memory_processed'] = await bench_memory(processed_path, n, 'processed', traced=traced)
 
@@ -567,20 +657,29 @@ def build_rows(sizes: Json) -> list[list[str]]:
                     _status(o['ratio'], TARGET_RATIO, True),
                 ]
             )
-        for name, label, layout in (
-            ('initialize_logs', 'initialize(), log records only', 'write_logs'),
-            ('initialize_snapshot', 'initialize(), after compaction', None),
-            ('initialize_logs_processed', "initialize(), log records, all 'processed'", 'write_logs_processed'),
+        for name, label, layout, memory in (
+            ('initialize_logs', 'initialize(), log records only', 'write_logs', 'memory_enqueued'),
+            ('initialize_snapshot', 'initialize(), after compaction', None, None),
+            (
+                'initialize_logs_processed',
+                "initialize(), log records: all 'enqueued', then all 'processed' (2 log entries per key)",
+                'write_logs_processed',
+                'memory_processed',
+            ),
         ):
-            seconds = size[name]['seconds']
+            init = size[name]
+            seconds = init['seconds']
             store = size[layout]['store'] if layout else size['compaction']['store']
             records = ', '.join(f'{k} {v}' for k, v in sorted(store['records'].items()))
+            fresh = f'; in a fresh process {size[memory]["shared_map"]["seconds"]:.3f} s' if memory else ''
             rows.append(
                 [
                     label,
                     entries,
                     f'{seconds:.3f} s',
-                    f'store: {records} records, {store["total_bytes"] / 1e6:.1f} MB',
+                    f'range {min(init["samples"]):.3f}-{max(init["samples"]):.3f} s{fresh}; store: {records} records, '
+                    f'{store["total_bytes"] / 1e6:.1f} MB; longest event-loop stall '
+                    f'{init["max_event_loop_stall"]:.3f} s',
                     f'<= {TARGET_INIT_SECONDS:g} s at 1M',
                     _status(seconds, TARGET_INIT_SECONDS, at_target),
                 ]
@@ -593,12 +692,24 @@ def build_rows(sizes: Json) -> list[list[str]]:
                 entries,
                 f'{changed["seconds"]:.3f} s',
                 f'wrote {changed["bytes_written"] / 1e6:.2f} MB = {changed["fraction_of_full_state"]:.2%} of the full '
-                f'state ({sync["full_state_bytes"] / 1e6:.1f} MB snapshot)',
+                f'state ({sync["full_state_bytes"] / 1e6:.1f} MB snapshot); longest event-loop stall '
+                f'{changed["max_event_loop_stall"]:.3f} s',
                 f'<= {TARGET_SYNC_SECONDS:g} s at 1M',
                 _status(changed['seconds'], TARGET_SYNC_SECONDS, at_target),
             ]
         )
         rows.append(['sync(), no change', entries, f'{sync["unchanged"]["seconds"]:.3f} s', '', '—', '—'])
+        peer = sync['peer_merge']
+        rows.append(
+            [
+                "sync() of another run, merging those 1 % ('enqueued' -> 'processed')",
+                entries,
+                f'{peer["seconds"]:.3f} s',
+                f'{peer["seconds"] / sync["entries_changed"] * 1e9:.0f} ns per merged entry (whole sync / entries)',
+                '—',
+                '—',
+            ]
+        )
         c = size['compaction']
         rows.append(
             [
@@ -606,7 +717,7 @@ def build_rows(sizes: Json) -> list[list[str]]:
                 entries,
                 f'{c["seconds"]:.3f} s',
                 f'{c["compactions"]}/{len(c["syncs"])} syncs compacted; wrote {c["bytes_written"] / 1e6:.1f} MB each; '
-                f'first {c["first_seconds"]:.3f} s',
+                f'first {c["first_seconds"]:.3f} s; longest event-loop stall {c["max_event_loop_stall"]:.3f} s',
                 '—',
                 '—',
             ]
@@ -617,7 +728,9 @@ def build_rows(sizes: Json) -> list[list[str]]:
                 f'sync() publishing {write["entries_per_sync"]:,} new entries',
                 entries,
                 f'{write["sync_seconds_median"]:.3f} s',
-                f'{len(write["syncs"])} syncs, {write["bytes_written"] / 1e6:.1f} MB in all',
+                f'{len(write["syncs"])} syncs, {write["bytes_written"] / 1e6:.1f} MB in all; '
+                f'{write["sync_seconds_median"] / write["entries_per_sync"] * 1e9:.0f} ns/entry; '
+                f'longest event-loop stall {write["max_event_loop_stall"]:.3f} s',
                 '—',
                 '—',
             ]
@@ -665,9 +778,9 @@ def profile_summary(sizes: Json, limit: int = 8) -> str:
     return '\n'.join(lines)
 
 
-def _git_commit() -> str | None:
-    done = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    return done.stdout.strip() or None
+def _git(*args: str) -> str:
+    done = subprocess.run(['git', *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 async def run(args: argparse.Namespace) -> Json:
@@ -719,7 +832,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             'platform': platform.platform(),
             'cpus': os.cpu_count(),
             'tmpdir': tempfile.gettempdir(),
-            'git_commit': _git_commit(),
+            'git_commit': _git('rev-parse', 'HEAD'),
+            'src_uncommitted_changes': _git('status', '--porcelain', 'src').splitlines(),
             'notes': [
                 'File-system store (crawlee FileSystemStorageClient) in a fresh temporary directory per size.',
                 'Micro-benchmarks run with the garbage collector disabled, like timeit; same key objects for all.',

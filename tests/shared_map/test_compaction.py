@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 
+import pytest
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap
+from src.shared_map._records import Lease
 
 
 async def keys_of(store: KeyValueStore, prefix: str = 'SM.') -> list[str]:
@@ -97,3 +101,81 @@ async def test_parts_of_a_dead_compaction_are_ignored_then_cleaned(store: KeyVal
     remaining = await keys_of(store)
     assert stray not in remaining, 'an old orphan part is cleaned up'
     assert young in remaining, 'a part that may belong to a running compaction is kept'
+
+
+async def test_two_runs_that_both_believe_they_hold_the_lease(
+    store: KeyValueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def always_won(self: SharedMap) -> Lease:
+        return Lease(owner=self.run_id, token='forged', expires_at=int(time.time() * 1000) + 60_000)
+
+    monkeypatch.setattr(SharedMap, '_acquire_lease', always_won)  # defeat the lease: every run compacts
+    maps = [SharedMap(store, run_id=f'r{i}', compact_after_records=2) for i in range(3)]
+    for shared in maps:
+        await shared.initialize()
+    rng = random.Random(3)
+    expected: dict[str, str] = {}
+    for step in range(25):
+        for i, shared in enumerate(maps):
+            key = f'k{step}-{i}'
+            shared[key] = rng.choice(['processed', 'failed'])
+            expected[key] = shared[key]
+        await asyncio.gather(*(shared.sync() for shared in maps))
+    assert sum(shared.stats.compactions for shared in maps) >= 10
+    fresh = SharedMap(store, run_id='fresh')
+    await fresh.initialize()
+    assert dict(fresh) == expected
+
+
+async def test_a_stalled_compactor_that_wakes_up_late_loses_nothing(store: KeyValueStore) -> None:
+    slow = SharedMap(store, run_id='slow', compact_after_records=2, lease_ttl_secs=0.2, orphan_age_secs=60)
+    fast = SharedMap(store, run_id='fast', compact_after_records=3, lease_ttl_secs=0.2, orphan_age_secs=60)
+    await slow.initialize()
+    await fast.initialize()
+    for i in range(3):
+        fast[f'early{i}'] = 'processed'
+        await fast.sync()  # the first compaction: a snapshot to supersede later
+
+    wake_up = asyncio.Event()
+    stall = False
+    real_put = slow._put
+
+    async def stalling_put(key: str, body: bytes) -> bytes:
+        if stall and key.startswith('SM.M.'):
+            await wake_up.wait()  # stalls between writing its parts and writing its manifest
+        return await real_put(key, body)
+
+    slow._put = stalling_put  # type: ignore[method-assign]
+    slow['stale'] = 'failed'
+    for i in range(3):
+        slow[f'slow{i}'] = 'processed'
+        await slow.sync()
+    stall = True
+    slow['slow3'] = 'processed'
+    stalled = asyncio.create_task(slow.sync())
+    for _ in range(100):  # until the slow run is stuck inside its compaction
+        if any(key.startswith('SM.P.') and '.slow.' in key for key in await keys_of(store)):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # its lease expires
+
+    fast['stale'] = 'processed'  # newer than what the stalled snapshot holds
+    for i in range(8):
+        fast[f'late{i}'] = 'processed'
+        await fast.sync()
+    assert fast.stats.compactions >= 2, 'the other run compacted while the slow one stalled'
+    assert fast.stats.records_deleted > 0, 'and deleted records'
+    assert not stalled.done()
+    wake_up.set()
+    stall = False
+    result = await stalled
+    assert result.compacted, 'the stalled compaction published its (stale) snapshot'
+    await slow.sync()
+    await fast.sync()
+
+    fresh = SharedMap(store, run_id='fresh')
+    await fresh.initialize()
+    assert fresh['stale'] == 'processed'
+    assert all(fresh[f'late{i}'] == 'processed' for i in range(8))
+    assert all(fresh[f'slow{i}'] == 'processed' for i in range(4))
+    assert dict(fresh) == dict(fast) == dict(slow)
