@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m src.demo
+	$(PY) -m src.demo_shared_map
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

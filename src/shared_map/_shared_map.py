@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import time
 import uuid
@@ -276,6 +277,7 @@ class SharedMap(dict[str, Any]):
         self._sync_lock = asyncio.Lock()
         self._sync_task: asyncio.Task[None] | None = None
         self._actor_listeners: list[tuple[Any, Any]] = []
+        _install_race_filter()
 
     # ------------------------------------------------------------------ factory and lifecycle
 
@@ -1055,6 +1057,25 @@ class SharedMap(dict[str, Any]):
             await self._store.set_value(self._keys.run(self.run_id), dumps(body), content_type=CONTENT_TYPE)
         except Exception as exc:  # Statistics are best effort; the data path reports its own errors.
             logger.warning('Shared map: could not write the run record: %s', exc)
+
+
+class _ExpectedRaceFilter(logging.Filter):
+    """Drop crawlee's file-system warnings about records that vanished while it listed them.
+
+    Compaction deletes folded records while other runs list the store; the protocol expects that (readers catch
+    up through the snapshot), so the warning would only worry users. Other keys' warnings pass.
+    """
+
+    pattern = re.compile(r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def _install_race_filter() -> None:
+    fs_logger = logging.getLogger('crawlee.storage_clients._file_system._key_value_store_client')
+    if not any(isinstance(f, _ExpectedRaceFilter) for f in fs_logger.filters):
+        fs_logger.addFilter(_ExpectedRaceFilter())
 
 
 def _actor_is_active() -> bool:
