@@ -211,6 +211,7 @@ class SharedMap(dict[str, Any]):
         lease_ttl_secs: float = 60.0,
         run_record_interval_secs: float = 30.0,
         orphan_age_secs: float = 3600.0,
+        heartbeat_secs: float | None = None,
     ) -> None:
         """Create a map on `store`; call `initialize()` (or use `async with`) before using it.
 
@@ -226,6 +227,8 @@ class SharedMap(dict[str, Any]):
             lease_ttl_secs: How long the compaction lease lasts if its holder dies.
             run_record_interval_secs: How often the run's statistics record is rewritten (also at close).
             orphan_age_secs: Snapshot parts with no manifest are deleted once this old (a compaction that died).
+            heartbeat_secs: If set, a sync with nothing to publish still writes an (empty) record this often, so
+                other runs can tell this run is alive (`live_runs()`).
         """
         super().__init__()
         run_id = (
@@ -255,6 +258,12 @@ class SharedMap(dict[str, Any]):
         self._lease_ttl_ms = int(lease_ttl_secs * 1000)
         self._run_record_interval = run_record_interval_secs
         self._orphan_age_ms = int(orphan_age_secs * 1000)
+        if heartbeat_secs is not None and heartbeat_secs <= 0:
+            raise InvalidOptionError(f'heartbeat_secs must be positive, got {heartbeat_secs}.')
+        self._heartbeat_secs = heartbeat_secs
+        self._last_log_written = float('-inf')
+        # Other runs as seen through their log records: run -> (last seen, on this run's monotonic clock; finished).
+        self._runs_seen: dict[str, tuple[float, bool]] = {}
 
         # Merge state. Values live in the dict itself; these hold what the merge needs besides them.
         self._stamps: dict[str, int] = {}  # stamp of each synced non-`enqueued` value (absent means 0)
@@ -356,7 +365,7 @@ class SharedMap(dict[str, Any]):
         await self.stop_background_sync(final_sync=False)
         self._unfollow_actor_events()
         try:
-            await self.sync()
+            await self._sync(final=True)
         finally:
             self._closed = True
             await self._release_lease()
@@ -559,6 +568,36 @@ class SharedMap(dict[str, Any]):
         """The key-value store the map syncs through."""
         return self._store
 
+    def live_runs(self, dead_after_secs: float) -> list[str]:
+        """The runs that published a record within `dead_after_secs` and did not finish, this one included.
+
+        Seen through the log records this run has read (writers with `heartbeat_secs` write one at least that
+        often), timed on this run's own clock, so clock skew between machines does not matter.
+        """
+        now = time.monotonic()
+        live = {run for run, (seen, done) in self._runs_seen.items() if not done and now - seen < dead_after_secs}
+        if not self._closed:
+            live.add(self.run_id)
+        return sorted(live)
+
+    @property
+    def finished_runs(self) -> list[str]:
+        """The runs whose final record (written by `close()`) this run has read."""
+        return sorted(run for run, (_, finished) in self._runs_seen.items() if finished)
+
+    def _saw_run(self, run: str, body: dict[str, Any]) -> None:
+        if run == self.run_id:
+            return  # A record of an earlier incarnation of this run (before a migration).
+        now = time.monotonic()
+        written = body.get('writtenAt')
+        # An old record (e.g. read at initialize) means an older sighting; clocks differ, so never in the future.
+        age = max(0.0, (_now_ms() - written) / 1000) if isinstance(written, int) else 0.0
+        seen = now - age
+        previous = self._runs_seen.get(run)
+        finished = body.get('final') is True or (previous is not None and previous[1] and previous[0] >= seen)
+        if previous is None or seen >= previous[0]:
+            self._runs_seen[run] = (seen, finished)
+
     # ------------------------------------------------------------------ sync
 
     async def sync(self, *, mode: SyncMode = 'full') -> SyncResult:
@@ -573,13 +612,16 @@ class SharedMap(dict[str, Any]):
             SyncError: the store failed; local changes are kept and the next sync retries them.
             UnsupportedFormatError: the store holds a record of a newer format version.
         """
+        return await self._sync(mode=mode)
+
+    async def _sync(self, *, mode: SyncMode = 'full', final: bool = False) -> SyncResult:
         if not self._initialized:
             raise SharedMapError('Call `await shared.initialize()` (or use `async with`) before syncing.')
         async with self._sync_lock:
             started = time.perf_counter()
             result = SyncResult()
             try:
-                await self._write_phase(result)
+                await self._write_phase(result, final=final)
                 if mode == 'full':
                     listing = await self._list()
                     await self._read_phase(listing, result)
@@ -604,18 +646,23 @@ class SharedMap(dict[str, Any]):
         self._clock = max(_now_ms(), self._clock + 1)
         return self._clock
 
-    async def _write_phase(self, result: SyncResult) -> None:
-        if not self._dirty:
+    async def _write_phase(self, result: SyncResult, *, final: bool = False) -> None:
+        heartbeat_due = (
+            self._heartbeat_secs is not None and time.monotonic() - self._last_log_written >= self._heartbeat_secs
+        )
+        if not self._dirty and not heartbeat_due and not final:
             return
         pending, self._dirty = self._dirty, {}
         stamp = self._tick()
-        chunks = list(self._chunks((key, value, stamp) for key, value in pending.items()))
+        # An empty record still says "this run is alive" (or, with `final`, "this run is done") to the others.
+        chunks = list(self._chunks((key, value, stamp) for key, value in pending.items())) or [_Chunk()]
         for index, chunk in enumerate(chunks):
             seq = self._next_seq
             # Never reuse a key: a failed write may still have landed, and records are immutable.
             self._next_seq += 1
+            is_final = final and index == len(chunks) - 1
             body = dumps(
-                envelope('log', run=self.run_id, seq=seq, writtenAt=_now_ms(), **chunk.body_fields()),
+                envelope('log', run=self.run_id, seq=seq, writtenAt=_now_ms(), final=is_final, **chunk.body_fields()),
             )
             try:
                 body = await self._put(self._keys.log(self.run_id, seq), body)
@@ -625,6 +672,7 @@ class SharedMap(dict[str, Any]):
                         self._dirty.setdefault(key, pending[key])  # A newer local change wins.
                 raise
             self._had.setdefault(self.run_id, SeqSet()).add(seq)
+            self._last_log_written = time.monotonic()
             for key in chunk.keys:
                 self._mark_published(key, pending[key], stamp)
             result.records_written += 1
@@ -725,6 +773,7 @@ class SharedMap(dict[str, Any]):
                 continue
             self._merge_body(body, result)
             self._had.setdefault(run, SeqSet()).add(seq)
+            self._saw_run(run, body)
 
         # 2. Snapshots: load one only if it covers log records this run has not merged (deleted before it read them).
         listed = set(listing.manifests)

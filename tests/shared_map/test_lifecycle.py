@@ -135,3 +135,29 @@ async def test_open_inside_an_actor_follows_its_events(tmp_path: Path) -> None:
         assert record['finished'] is False
         await shared.close()
         assert (await run_record(store, 'in-actor'))['finished'] is True
+
+
+async def test_live_runs_from_heartbeats_and_final_records(store: KeyValueStore) -> None:
+    a = SharedMap(store, run_id='a', heartbeat_secs=0.05)
+    b = SharedMap(store, run_id='b', heartbeat_secs=0.05)
+    c = SharedMap(store, run_id='c', heartbeat_secs=0.05)
+    for shared in (a, b, c):
+        await shared.initialize()
+    for shared in (a, b, c):
+        await shared.sync()  # nothing to publish, but a heartbeat record
+    await a.sync()
+    assert a.live_runs(dead_after_secs=5) == ['a', 'b', 'c']
+    await b.close()  # a final record
+    for _ in range(4):  # c goes silent (as if killed); a keeps syncing
+        await asyncio.sleep(0.06)
+        await a.sync()
+    assert a.finished_runs == ['b']
+    assert a.live_runs(dead_after_secs=5) == ['a', 'c']
+    assert a.live_runs(dead_after_secs=0.2) == ['a'], 'c missed its heartbeats'
+    await c.sync()
+    await a.sync()
+    assert a.live_runs(dead_after_secs=0.2) == ['a', 'c'], 'c is back'
+    newcomer = SharedMap(store, run_id='d')
+    await newcomer.initialize()
+    assert newcomer.live_runs(dead_after_secs=5) == ['a', 'c', 'd']
+    assert newcomer.finished_runs == ['b']
