@@ -17,6 +17,12 @@ For every size, in a fresh temporary directory (crawlee's storage cache cleared 
 5. Memory per entry after `initialize()`, in a subprocess: VmRSS before and after, and tracemalloc; the same for a
    plain `dict` of the same keys and values. Bytes per entry include the key.
 
+Besides those: a second log-only store where every key was first 'enqueued', then 'processed' (the history of a
+crawl that has not compacted yet; its initialize and memory), the sync of another run that merges the 1 % changes,
+the sync that publishes a tenth of the keys as new entries, and the longest event-loop stall of each path (from one
+extra run with a probe task, kept out of the timed samples). `--profile` adds a cProfile of the slow paths after the
+timings (.prof files next to `--out`); `--no-tracemalloc` skips the tracemalloc subprocesses.
+
 The Markdown table goes to stdout, progress to stderr, the raw numbers to the JSON file (`--out`).
 """
 
@@ -487,6 +493,7 @@ async def _memory_child(spec: Json) -> Json:
             'bytes_per_entry': (after - before) * 1024 / n,
             'peak_bytes_per_entry': (peak - before) * 1024 / n,
             'getsizeof_per_entry': _getsizeof_breakdown(holder, n),
+            'stamp_key_copies_per_entry': _stamp_key_copies(holder, n),
         }
     return out
 
@@ -500,6 +507,14 @@ def _getsizeof_breakdown(holder: Any, n: int) -> Json:
             out[name] = sys.getsizeof(getattr(holder, name)) / n
     out['total'] = sum(out.values())
     return out
+
+
+def _stamp_key_copies(holder: Any, n: int) -> float | None:
+    """Keys of `_stamps` that are not the very string object the map holds (each one a second copy of a key)."""
+    if not isinstance(holder, SharedMap):
+        return None
+    ids = {id(key) for key in holder}
+    return sum(id(key) not in ids for key in holder._stamps) / n
 
 
 def _run_child(spec: Json) -> Json:
@@ -735,7 +750,10 @@ def build_rows(sizes: Json) -> list[list[str]]:
                 '—',
             ]
         )
-        for name, value in (('memory_enqueued', 'enqueued'), ('memory_processed', 'processed')):
+        for name, label in (
+            ('memory_enqueued', "memory per entry, all 'enqueued'"),
+            ('memory_processed', "memory per entry, all 'processed' (logs: 'enqueued', then 'processed')"),
+        ):
             memory = size[name]
             m, d = memory['shared_map'], memory['dict']
             traced = ''
@@ -746,11 +764,13 @@ def build_rows(sizes: Json) -> list[list[str]]:
                 )
             rows.append(
                 [
-                    f"memory per entry, all '{value}'",
+                    label,
                     entries,
                     f'{m["bytes_per_entry"]:.0f} B',
                     f'RSS; dict {d["bytes_per_entry"]:.0f} B; SharedMap peak during initialize '
-                    f'{m["peak_bytes_per_entry"]:.0f} B; getsizeof {m["getsizeof_per_entry"]["total"]:.0f} B' + traced,
+                    f'{m["peak_bytes_per_entry"]:.0f} B; getsizeof {m["getsizeof_per_entry"]["total"]:.0f} B'
+                    + traced
+                    + f'; second copies of keys held by `_stamps`: {m["stamp_key_copies_per_entry"]:.2f} per entry',
                     f'<= {TARGET_BYTES_PER_ENTRY:g} B at 1M',
                     _status(m['bytes_per_entry'], TARGET_BYTES_PER_ENTRY, at_target),
                 ]

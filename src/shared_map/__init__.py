@@ -6,16 +6,22 @@ Self-contained: copy this folder into another actor. The sync protocol is in `do
 from ._backends import open_store, storage_client_for
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
 from ._records import ENQUEUED, FORMAT_VERSION
+from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats
 from ._shared_map import SharedMap, SyncMode
 from ._stats import RunStats, SyncResult
 
 __all__ = [
     'ENQUEUED',
+    'FAILED',
     'FORMAT_VERSION',
+    'PROCESSED',
+    'SKIPPED',
     'InvalidOptionError',
     'RunStats',
     'SharedMap',
     'SharedMapError',
+    'SharedRequestManager',
+    'SharingStats',
     'SyncError',
     'SyncMode',
     'SyncResult',

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._backends import storage_client_for
 from ._errors import InvalidOptionError, SharedMapError, SyncError
 from ._records import (
     CONTENT_TYPE,
@@ -156,6 +157,35 @@ class _Chunk:
         return {'groups': [*self.groups.values(), *self.singles], 'deleted': list(self.deleted.values())}
 
 
+class _CountedStore:
+    """The store, counting every call: on the platform each one is a billed operation."""
+
+    def __init__(self, store: KeyValueStore, stats: RunStats) -> None:
+        self.inner = store
+        self._stats = stats
+
+    async def get_value(self, key: str) -> Any:
+        self._stats.store_reads += 1
+        return await self.inner.get_value(key)
+
+    async def set_value(self, key: str, value: Any, content_type: str | None = None) -> None:
+        self._stats.store_writes += 1
+        await self.inner.set_value(key, value, content_type=content_type)
+
+    async def delete_value(self, key: str) -> None:
+        self._stats.store_deletes += 1
+        await self.inner.delete_value(key)
+
+    async def record_exists(self, key: str) -> bool:
+        self._stats.store_reads += 1
+        return await self.inner.record_exists(key)
+
+    async def iterate_keys(self) -> AsyncIterator[Any]:
+        self._stats.store_lists += 1
+        async for meta in self.inner.iterate_keys():
+            yield meta
+
+
 @dataclass
 class _Listing:
     """What one pass over the store's keys found under the map's prefix."""
@@ -247,7 +277,8 @@ class SharedMap(dict[str, Any]):
         if lease_ttl_secs <= 0 or orphan_age_secs < 4 * lease_ttl_secs:
             raise InvalidOptionError('lease_ttl_secs must be positive and orphan_age_secs at least 4 x lease_ttl_secs.')
 
-        self._store = store
+        self.stats = RunStats()
+        self._store = _CountedStore(store, self.stats)
         self.run_id = run_id
         self._keys = Keys(prefix)
         self._record_size = record_size
@@ -278,7 +309,6 @@ class SharedMap(dict[str, Any]):
         self._bad: set[str] = set()
         self._next_seq = 1
 
-        self.stats = RunStats()
         self._started_at = _now_ms()
         self._last_run_record = 0.0
         self._initialized = False
@@ -295,6 +325,7 @@ class SharedMap(dict[str, Any]):
         cls,
         name: str | None = None,
         *,
+        connection: str | None = None,
         storage_client: StorageClient | None = None,
         in_actor: bool | None = None,
         sync_interval_secs: float | None = None,
@@ -304,6 +335,7 @@ class SharedMap(dict[str, Any]):
 
         Args:
             name: Name of the shared key-value store (named stores outlive runs). None opens the default store.
+            connection: Where the store lives, as for `open_store()`: `file:///path`, a SQLAlchemy URL, or None.
             storage_client: A crawlee storage client for the store (e.g. `SqlStorageClient(...)`); default: the
                 global one (inside an actor, the Apify one).
             in_actor: Whether to open the store through `Actor` and follow its events (PERSIST_STATE: sync;
@@ -315,12 +347,17 @@ class SharedMap(dict[str, Any]):
 
         if in_actor is None:
             in_actor = _actor_is_active()
+        configuration = None
+        if connection is not None:
+            if storage_client is not None:
+                raise InvalidOptionError('Pass either connection or storage_client, not both.')
+            storage_client, configuration = storage_client_for(connection)
         if in_actor and storage_client is None:
             from apify import Actor
 
             store = await Actor.open_key_value_store(name=name)
         else:
-            store = await KeyValueStore.open(name=name, storage_client=storage_client)
+            store = await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
         shared = cls(store, **options)
         await shared.initialize()
         if in_actor:
@@ -566,7 +603,7 @@ class SharedMap(dict[str, Any]):
     @property
     def store(self) -> KeyValueStore:
         """The key-value store the map syncs through."""
-        return self._store
+        return self._store.inner
 
     def live_runs(self, dead_after_secs: float) -> list[str]:
         """The runs that published a record within `dead_after_secs` and did not finish, this one included.

@@ -53,6 +53,11 @@ class RunStats:
     lease_misses: int = 0
     sync_seconds: float = 0.0
     max_sync_seconds: float = 0.0
+    store_reads: int = 0
+    """Calls to the store, by kind (reads include existence checks; lists count one per listing, however long)."""
+    store_writes: int = 0
+    store_deletes: int = 0
+    store_lists: int = 0
     sync_durations: list[float] = field(default_factory=list, repr=False)
 
     def add(self, result: SyncResult, *, is_sync: bool = True) -> None:
@@ -80,8 +85,14 @@ class RunStats:
             if len(self.sync_durations) < 100_000:  # Bounded: enough for percentiles in a stress run.
                 self.sync_durations.append(result.seconds)
 
+    @property
+    def store_operations(self) -> int:
+        """All calls to the store."""
+        return self.store_reads + self.store_writes + self.store_deletes + self.store_lists
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data['store_operations'] = self.store_operations
         del data['sync_durations']
         data['sync_seconds'] = round(self.sync_seconds, 4)
         data['max_sync_seconds'] = round(self.max_sync_seconds, 4)

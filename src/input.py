@@ -1,0 +1,183 @@
+"""The actor's input (`.actor/input_schema.json`), validated with messages that say what to fix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+KNOWN_FIELDS = {
+    'startUrls',
+    'maxRequestsPerCrawl',
+    'maxCrawlDepth',
+    'maxConcurrency',
+    'maxRequestRetries',
+    'sharedStoreName',
+    'sharedStorageConnection',
+    'syncIntervalSecs',
+    'deadRunTimeoutSecs',
+    'parallelRuns',
+    'useSharedMap',
+    'parentRunId',
+}
+
+
+class InputError(ValueError):
+    """The actor input is invalid; the message lists every problem and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CrawlerInput:
+    """The validated input of one run."""
+
+    start_urls: list[str]
+    max_requests_per_crawl: int | None
+    max_crawl_depth: int | None
+    max_concurrency: int
+    max_request_retries: int
+    shared_store_name: str
+    shared_storage_connection: str | None
+    sync_interval_secs: float
+    dead_run_timeout_secs: float
+    parallel_runs: int
+    use_shared_map: bool
+    parent_run_id: str | None
+    raw: dict[str, Any]
+    unknown_fields: list[str]
+
+    @property
+    def is_child(self) -> bool:
+        """Whether another run started this one (then it does not fan out itself)."""
+        return self.parent_run_id is not None
+
+    @classmethod
+    def parse(cls, raw: object) -> CrawlerInput:
+        """Validate the raw input.
+
+        Raises:
+            InputError: naming every invalid field and what a valid value looks like.
+        """
+        if not isinstance(raw, dict):
+            raise InputError(f'The input must be a JSON object, got {type(raw).__name__}.')
+        problems: list[str] = []
+        fields = _Fields(raw, problems)
+        start_urls = _start_urls(raw.get('startUrls'), problems)
+        parsed = cls(
+            start_urls=start_urls,
+            max_requests_per_crawl=fields.integer('maxRequestsPerCrawl', default=0, minimum=0) or None,
+            max_crawl_depth=fields.integer('maxCrawlDepth', default=None, minimum=0),
+            max_concurrency=fields.integer('maxConcurrency', default=10, minimum=1, maximum=1000) or 10,
+            max_request_retries=fields.integer('maxRequestRetries', default=3, minimum=0, maximum=100) or 0,
+            shared_store_name=fields.store_name('sharedStoreName', default='shared-crawl-state'),
+            shared_storage_connection=fields.connection('sharedStorageConnection'),
+            sync_interval_secs=fields.number('syncIntervalSecs', default=10.0, minimum=0.1, maximum=3600),
+            dead_run_timeout_secs=fields.number('deadRunTimeoutSecs', default=120.0, minimum=1, maximum=86400),
+            parallel_runs=fields.integer('parallelRuns', default=1, minimum=1, maximum=50) or 1,
+            use_shared_map=fields.boolean('useSharedMap', default=True),
+            parent_run_id=fields.string('parentRunId'),
+            raw=dict(raw),
+            unknown_fields=sorted(set(raw) - KNOWN_FIELDS),
+        )
+        if parsed.dead_run_timeout_secs < 2 * parsed.sync_interval_secs:
+            problems.append(
+                f'deadRunTimeoutSecs ({parsed.dead_run_timeout_secs:g}) must be at least twice syncIntervalSecs '
+                f'({parsed.sync_interval_secs:g}), or live runs would be taken for dead.'
+            )
+        if problems:
+            raise InputError('Invalid input: ' + ' '.join(problems))
+        return parsed
+
+
+def _start_urls(value: object, problems: list[str]) -> list[str]:
+    if value is None or value == []:
+        problems.append('startUrls is required: give at least one URL, e.g. [{"url": "https://crawlee.dev"}].')
+        return []
+    if not isinstance(value, list):
+        problems.append('startUrls must be a list such as [{"url": "https://crawlee.dev"}].')
+        return []
+    urls = []
+    for index, item in enumerate(value):
+        url = item.get('url') if isinstance(item, dict) else item
+        if not isinstance(url, str):
+            problems.append(f'startUrls[{index}] must be {{"url": "https://..."}}, got {item!r:.80}.')
+            continue
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ('http', 'https') or not parts.netloc:
+            problems.append(f'startUrls[{index}] "{url:.200}" is not an http(s) URL with a host.')
+            continue
+        urls.append(url.strip())
+    return urls
+
+
+class _Fields:
+    """Typed getters that collect problems instead of stopping at the first."""
+
+    def __init__(self, raw: dict[str, Any], problems: list[str]) -> None:
+        self._raw = raw
+        self._problems = problems
+
+    def integer(self, name: str, *, default: int | None, minimum: int, maximum: int | None = None) -> int | None:
+        value = self._raw.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            self._problems.append(f'{name} must be a whole number, got {value!r:.80}.')
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            limit = f'between {minimum} and {maximum}' if maximum is not None else f'at least {minimum}'
+            self._problems.append(f'{name} must be {limit}, got {value}.')
+            return default
+        return int(value)
+
+    def number(self, name: str, *, default: float, minimum: float, maximum: float) -> float:
+        value = self._raw.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._problems.append(f'{name} must be a number of seconds, got {value!r:.80}.')
+            return default
+        if not minimum <= value <= maximum:
+            self._problems.append(f'{name} must be between {minimum:g} and {maximum:g}, got {value}.')
+            return default
+        return float(value)
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._raw.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._problems.append(f'{name} must be true or false, got {value!r:.80}.')
+            return default
+        return value
+
+    def string(self, name: str) -> str | None:
+        value = self._raw.get(name)
+        if value is None or value == '':
+            return None
+        if not isinstance(value, str):
+            self._problems.append(f'{name} must be a string, got {value!r:.80}.')
+            return None
+        return value
+
+    def store_name(self, name: str, *, default: str) -> str:
+        value = self.string(name)
+        if value is None:
+            return default
+        if not STORE_NAME.match(value):
+            self._problems.append(
+                f'{name} "{value:.80}" is not a valid store name: use 1-63 characters a-z, 0-9 and inner hyphens.'
+            )
+            return default
+        return value
+
+    def connection(self, name: str) -> str | None:
+        value = self.string(name)
+        if value is not None and not value.startswith(('file:///', 'sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+            self._problems.append(
+                f'{name} "{value:.80}" is not supported: use file:///absolute/path, sqlite+aiosqlite:///file.db '
+                'or postgresql+asyncpg://user:password@host/database, or leave it empty for the default storage.'
+            )
+            return None
+        return value
