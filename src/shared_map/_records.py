@@ -226,7 +226,7 @@ def check_groups(body: dict[str, Any]) -> tuple[list[Group], list[Group]]:
             and len(group) == 3
             and _is_stamp(group[0])
             and isinstance(group[2], list)
-            and all(isinstance(k, str) for k in group[2])
+            and _all_strings(group[2])
         ):
             raise CorruptRecordError(f'malformed group {str(group)[:80]}')
     for group in deleted:
@@ -235,10 +235,14 @@ def check_groups(body: dict[str, Any]) -> tuple[list[Group], list[Group]]:
             and len(group) == 2
             and _is_stamp(group[0])
             and isinstance(group[1], list)
-            and all(isinstance(k, str) for k in group[1])
+            and _all_strings(group[1])
         ):
             raise CorruptRecordError(f'malformed deletion group {str(group)[:80]}')
     return groups, deleted
+
+
+def _all_strings(items: list[Any]) -> bool:
+    return not items or set(map(type, items)) == {str}  # in C: a Python loop costs seconds at 1M keys
 
 
 def _is_stamp(value: object) -> bool:

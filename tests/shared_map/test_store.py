@@ -155,3 +155,26 @@ async def test_restarted_run_continues_its_records(store: KeyValueStore) -> None
     fresh = SharedMap(store, run_id='fresh')
     await fresh.initialize()
     assert dict(fresh) == {'a': 'processed', 'b': 'processed'}
+
+
+async def test_map_and_stamps_share_one_key_string(store: KeyValueStore) -> None:
+    # Keys arriving as 'enqueued' then as 'processed' (a crawl) must not be stored twice (~110 bytes per URL).
+    writer = SharedMap(store, run_id='writer')
+    reader = SharedMap(store, run_id='reader')
+    await writer.initialize()
+    await reader.initialize()
+    urls = [f'https://example.com/page-{i:06d}' for i in range(2000)]
+    for url in urls:
+        writer[url] = 'enqueued'
+    await writer.sync()
+    await reader.sync()
+    for url in urls[:1500]:
+        writer[''.join(url)] = 'processed'  # an equal string, another object
+    reader[urls[1600]] = 'failed'
+    await writer.sync()
+    await reader.sync()
+    for shared in (writer, reader):
+        data_ids = {id(key) for key in shared}
+        stamp_ids = {id(key) for key in shared._stamps}
+        assert len(stamp_ids) >= 1500
+        assert stamp_ids <= data_ids, f'{len(stamp_ids - data_ids)} keys stored twice in {shared.run_id}'
