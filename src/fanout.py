@@ -32,6 +32,11 @@ class ChildRun:
     process: subprocess.Popen[bytes] | None = None
     storage_dir: Path | None = None
 
+    def stop_if_running(self) -> None:
+        """Terminate a local child process that is still running (no-op on the platform)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     async def wait(self) -> int | None:
         """Wait until the run ends; its exit code (None on the platform, where the status says more)."""
         if self.process is not None:

@@ -15,7 +15,7 @@ from apify import Actor
 from crawlee import ConcurrencySettings
 from crawlee.crawlers import BeautifulSoupCrawler
 
-from .fanout import SUMMARY_PREFIX, fan_out, summary_table
+from .fanout import SUMMARY_PREFIX, ChildRun, fan_out, summary_table
 from .input import CrawlerInput, InputError
 from .routes import router
 from .shared_map import SharedMap, SharedRequestManager
@@ -33,72 +33,84 @@ async def main() -> None:
         if crawl_input.unknown_fields:
             Actor.log.warning(f'Ignoring unknown input fields: {", ".join(crawl_input.unknown_fields)}')
         run_id = Actor.configuration.actor_run_id or f'local-{uuid.uuid4().hex[:8]}'
-        started = time.monotonic()
         children = await fan_out(crawl_input, run_id)
+        try:
+            await crawl(crawl_input, run_id, children)
+        finally:
+            for child in children:
+                child.stop_if_running()  # a failed parent must not leave local child processes behind
 
-        crawler_options: dict[str, Any] = {
-            'request_handler': router,
-            'max_request_retries': crawl_input.max_request_retries,
-            'max_crawl_depth': crawl_input.max_crawl_depth,
-            'concurrency_settings': ConcurrencySettings(max_concurrency=crawl_input.max_concurrency),
-        }
-        if not crawl_input.use_shared_map:  # Runs that share nothing: the baseline the benchmark compares with.
-            crawler = BeautifulSoupCrawler(max_requests_per_crawl=crawl_input.max_requests_per_crawl, **crawler_options)
-            await crawler.run(crawl_input.start_urls)
-            summary = {'runId': run_id, 'pagesProcessed': crawler.statistics.state.requests_finished}
-            await Actor.set_value('OUTPUT', summary)
-            return
 
-        shared = await SharedMap.open(
-            crawl_input.shared_store_name,
-            connection=crawl_input.shared_storage_connection,
-            run_id=run_id,
-            heartbeat_secs=min(crawl_input.sync_interval_secs, crawl_input.dead_run_timeout_secs / 4),
-        )
-        depths = None
-        if crawl_input.max_crawl_depth is not None:  # so a URL handed to another run keeps its depth
-            depths = SharedMap(shared.store, run_id=run_id, prefix='SMD')
-            await depths.initialize()
-        manager = await SharedRequestManager.open(
-            shared,
-            sync_interval_secs=crawl_input.sync_interval_secs,
-            dead_after_secs=crawl_input.dead_run_timeout_secs,
-            expected_runs=crawl_input.parallel_runs,
-            depths=depths,
-            max_processed=crawl_input.max_requests_per_crawl,
-        )
-        # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
-        crawler = BeautifulSoupCrawler(request_manager=manager, keep_alive=True, **crawler_options)
-        await manager.wait_for_runs(timeout_secs=max(60.0, 3 * crawl_input.sync_interval_secs))
-        manager.start(on_done=crawler.stop)
+async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]) -> None:
+    """This run's share of the crawl; the parent also prints every run's summary at the end."""
+    started = time.monotonic()
+
+    crawler_options: dict[str, Any] = {
+        'request_handler': router,
+        'max_request_retries': crawl_input.max_request_retries,
+        'max_crawl_depth': crawl_input.max_crawl_depth,
+        'concurrency_settings': ConcurrencySettings(
+            max_concurrency=crawl_input.max_concurrency,
+            desired_concurrency=min(10, crawl_input.max_concurrency),
+        ),
+    }
+    if not crawl_input.use_shared_map:  # Runs that share nothing: the baseline the benchmark compares with.
+        crawler = BeautifulSoupCrawler(max_requests_per_crawl=crawl_input.max_requests_per_crawl, **crawler_options)
         await crawler.run(crawl_input.start_urls)
-        await manager.close()
-        if depths is not None:
-            await depths.close()
-        await shared.close()
-
-        state = crawler.statistics.state
-        summary = {
-            'runId': run_id,
-            'pagesProcessed': state.requests_finished,
-            'pagesFailed': state.requests_failed,
-            **{_camel(name): value for name, value in manager.stats.to_dict().items()},
-            'storeOperations': shared.stats.store_operations,
-            'entriesInMap': len(shared),
-            'seconds': round(time.monotonic() - started, 2),
-        }
+        summary = {'runId': run_id, 'pagesProcessed': crawler.statistics.state.requests_finished}
         await Actor.set_value('OUTPUT', summary)
-        await shared.store.set_value(f'{SUMMARY_PREFIX}{run_id}', summary)
-        Actor.log.info(f'Run summary: {summary}')
+        return
 
-        if children:
-            for child in children:
-                await child.wait()
-            summaries = [summary]
-            for child in children:
-                child_summary = await shared.store.get_value(f'{SUMMARY_PREFIX}{child.run_id}')
-                summaries.append(child_summary or _missing_summary(child.run_id))
-            Actor.log.info('Parallel runs:\n' + summary_table(summaries))
+    shared = await SharedMap.open(
+        crawl_input.shared_store_name,
+        connection=crawl_input.shared_storage_connection,
+        run_id=run_id,
+        heartbeat_secs=min(crawl_input.sync_interval_secs, crawl_input.dead_run_timeout_secs / 4),
+    )
+    depths = None
+    if crawl_input.max_crawl_depth is not None:  # so a URL handed to another run keeps its depth
+        depths = SharedMap(shared.store, run_id=run_id, prefix='SMD')
+        await depths.initialize()
+    manager = await SharedRequestManager.open(
+        shared,
+        sync_interval_secs=crawl_input.sync_interval_secs,
+        dead_after_secs=crawl_input.dead_run_timeout_secs,
+        expected_runs=crawl_input.parallel_runs,
+        depths=depths,
+        max_processed=crawl_input.max_requests_per_crawl,
+    )
+    # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
+    crawler = BeautifulSoupCrawler(request_manager=manager, keep_alive=True, **crawler_options)
+    await manager.wait_for_runs(timeout_secs=max(60.0, 3 * crawl_input.sync_interval_secs))
+    manager.start(on_done=crawler.stop)
+    await crawler.run(crawl_input.start_urls)
+    await manager.close()
+    if depths is not None:
+        await depths.close()
+    await shared.close()
+
+    state = crawler.statistics.state
+    summary = {
+        'runId': run_id,
+        'pagesProcessed': state.requests_finished,
+        'pagesFailed': state.requests_failed,
+        **{_camel(name): value for name, value in manager.stats.to_dict().items()},
+        'storeOperations': shared.stats.store_operations,
+        'entriesInMap': len(shared),
+        'seconds': round(time.monotonic() - started, 2),
+    }
+    await Actor.set_value('OUTPUT', summary)
+    await shared.store.set_value(f'{SUMMARY_PREFIX}{run_id}', summary)
+    Actor.log.info(f'Run summary: {summary}')
+
+    if children:
+        for child in children:
+            await child.wait()
+        summaries = [summary]
+        for child in children:
+            child_summary = await shared.store.get_value(f'{SUMMARY_PREFIX}{child.run_id}')
+            summaries.append(child_summary or _missing_summary(child.run_id))
+        Actor.log.info('Parallel runs:\n' + summary_table(summaries))
 
 
 def _camel(name: str) -> str:

@@ -1,0 +1,160 @@
+"""End-to-end: the actor as real processes against a real local HTTP site (the site counts every fetch)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.demo.site import RunningSite, serve_site
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def site() -> Iterator[RunningSite]:
+    running = serve_site(300, delay_secs=0.005)
+    yield running
+    running.stop()
+
+
+def start_actor(storage: Path, actor_input: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """Run `python -m src` with its own storage folder and INPUT, as `apify run` would."""
+    input_dir = storage / 'key_value_stores' / 'default'
+    input_dir.mkdir(parents=True, exist_ok=True)
+    (input_dir / 'INPUT.json').write_text(json.dumps(actor_input))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(('CRAWLEE_', 'APIFY_', 'ACTOR_'))}
+    env |= {'CRAWLEE_STORAGE_DIR': str(storage), 'APIFY_LOCAL_STORAGE_DIR': str(storage)}
+    log = (storage.parent / f'{storage.name}.log').open('ab')
+    return subprocess.Popen([sys.executable, '-m', 'src'], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen[bytes], storage: Path, timeout: float = 240) -> tuple[int, str]:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return code, (storage.parent / f'{storage.name}.log').read_text(errors='replace')
+
+
+def crawl_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
+    return {
+        'startUrls': [{'url': site.url}],
+        'sharedStoreName': 'test-crawl',
+        'syncIntervalSecs': 0.5,
+        'deadRunTimeoutSecs': 4,
+        **extra,
+    }
+
+
+def dataset_urls(storage: Path) -> list[str]:
+    folder = storage / 'datasets' / 'default'
+    return [json.loads(p.read_text())['url'] for p in folder.glob('*.json') if p.name != '__metadata__.json']
+
+
+def outputs(storage: Path) -> list[dict[str, Any]]:
+    files = [storage / 'key_value_stores' / 'default' / 'OUTPUT']
+    files += sorted(storage.glob('parallel-runs/*/key_value_stores/default/OUTPUT'))
+    return [json.loads(f.read_text()) for f in files if f.exists()]
+
+
+async def test_one_run_crawls_the_site_once(site: RunningSite, tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site)), storage)
+    assert code == 0, log[-3000:]
+    stats = site.stats.snapshot()
+    assert stats['distinct'] == site.pages, 'every page was crawled'
+    assert stats['duplicates'] == 0
+    assert len(dataset_urls(storage)) == site.pages
+    (summary,) = outputs(storage)
+    assert summary['pagesProcessed'] == site.pages
+
+
+async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: RunningSite, tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site, parallelRuns=3)), storage)
+    assert code == 0, log[-3000:]
+    stats = site.stats.snapshot()
+    assert stats['distinct'] == site.pages, 'every page was crawled'
+    assert stats['duplicates'] <= site.pages // 100, f'{stats["duplicates"]} duplicate fetches'
+    summaries = outputs(storage)
+    assert len(summaries) == 3
+    assert all(s['pagesProcessed'] > site.pages // 10 for s in summaries), 'the work was shared'
+    assert sum(s['pagesProcessed'] for s in summaries) == stats['fetches']
+    # Each run kept its own dataset; together they hold every page once.
+    children = sorted((storage / 'parallel-runs').iterdir())
+    assert len(children) == 2
+    urls = dataset_urls(storage) + [url for child in children for url in dataset_urls(child)]
+    assert len(urls) == len(set(urls)) == site.pages
+    assert 'Parallel runs:' in log
+
+
+def child_pid(run_id_suffix: str) -> int | None:
+    for proc in Path('/proc').iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / 'environ').read_bytes().split(b'\0')
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b'ACTOR_RUN_ID=') and item.endswith(run_id_suffix.encode()):
+                return int(proc.name)
+    return None
+
+
+async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:
+    site = serve_site(300, delay_secs=0.03)
+    try:
+        storage = tmp_path / 'storage'
+        parent = start_actor(storage, crawl_input(site, parallelRuns=3, maxConcurrency=3))
+        deadline = time.monotonic() + 60
+        while site.stats.snapshot()['fetches'] < 60 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        pid = child_pid('-2')
+        assert pid is not None, 'the child run is running'
+        os.kill(pid, signal.SIGKILL)
+        code, log = await asyncio.to_thread(finish, parent, storage)
+        assert code == 0, log[-3000:]
+        stats = site.stats.snapshot()
+        assert stats['distinct'] == site.pages, 'the surviving runs took over the dead run URLs'
+        assert stats['duplicates'] <= 20, 'at most the pages in flight when it died are fetched twice'
+        assert 'no summary' in log
+    finally:
+        site.stop()
+
+
+async def test_rerun_with_the_same_store_continues_the_crawl(site: RunningSite, tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    code, log = await asyncio.to_thread(
+        finish, start_actor(storage, crawl_input(site, maxRequestsPerCrawl=60)), storage
+    )
+    assert code == 0, log[-3000:]
+    first = site.stats.snapshot()['distinct']
+    assert 60 <= first < site.pages
+    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site)), storage)
+    assert code == 0, log[-3000:]
+    stats = site.stats.snapshot()
+    assert stats['distinct'] == site.pages
+    assert stats['duplicates'] == 0, 'pages of the first run were not fetched again'
+
+
+async def test_invalid_input_stops_the_run_with_a_clear_message(tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    code, log = await asyncio.to_thread(
+        finish, start_actor(storage, {'startUrls': [{'url': 'nota-url'}], 'parallelRuns': 0}), storage
+    )
+    assert code != 0
+    assert '"nota-url" is not an http(s) URL' in log
+    assert 'parallelRuns must be between 1 and 50' in log
+    assert not (storage / 'parallel-runs').exists()
