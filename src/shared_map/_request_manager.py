@@ -108,6 +108,10 @@ class SharedRequestManager(RequestManager):
         self._max_processed = max_processed
         self._live: list[str] = shared.live_runs(dead_after_secs)
         self._previous_live: list[str] = []
+        # URLs already waiting when this run joined runs that were crawling: their owner before it joined may have
+        # queued them already, so this run takes one over only once that owner is gone.
+        self._inherited: set[str] | None = None
+        self._join_others: list[str] = []
         self._queued: set[str] = set()
         self._owner_cache: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
@@ -296,13 +300,19 @@ class SharedRequestManager(RequestManager):
         if result.entries_changed:
             self._rescan = True
         self._refresh_live_runs()
+        if self._inherited is None:
+            self._join_others = [run for run in self._live if run != self._shared.run_id]
+            waiting = {url for url, status in self._shared.items() if status == ENQUEUED}
+            self._inherited = waiting if self._join_others else set()
 
     async def _take_over_and_check_done(self) -> None:
         me = self._shared.run_id
         waiting = processed = 0
         mine: list[str] = []
         # A URL that a run still alive owned before the last change of runs is likely in that run's queue already.
-        still_here = set(self._live) & set(self._previous_live) - {me} if len(self._previous_live) > 1 else set()
+        live = set(self._live)
+        still_here = live & set(self._previous_live) - {me} if len(self._previous_live) > 1 else set()
+        inherited = self._inherited or set()
         for url, status in self._shared.items():  # Synchronous: the map cannot change during the scan.
             if status == ENQUEUED:
                 waiting += 1
@@ -311,6 +321,7 @@ class SharedRequestManager(RequestManager):
                     and url not in self._queued
                     and self.owner(url) == me
                     and (not still_here or _rendezvous(self._previous_live, url) not in still_here)
+                    and not (url in inherited and _rendezvous(self._join_others, url) in live)
                 ):
                     mine.append(url)
             elif status == PROCESSED:

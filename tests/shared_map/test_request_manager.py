@@ -1,0 +1,92 @@
+"""SharedRequestManager on the real file-system request queue and shared map (no HTTP: requests are not fetched)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from crawlee import Request, RequestState
+from crawlee.storages import KeyValueStore, RequestQueue
+
+from src.shared_map import SharedMap, SharedRequestManager
+
+
+async def open_run(store: KeyValueStore, run_id: str, queue_name: str) -> tuple[SharedMap, SharedRequestManager]:
+    shared = SharedMap(store, run_id=run_id, heartbeat_secs=0.01)
+    await shared.initialize()
+    queue = await RequestQueue.open(name=queue_name)
+    manager = SharedRequestManager(queue, shared, sync_interval_secs=0.05, dead_after_secs=5, expected_runs=2)
+    return shared, manager
+
+
+async def drain(manager: SharedRequestManager) -> list[str]:
+    fetched = []
+    while (request := await manager.fetch_next_request()) is not None:
+        fetched.append(request.url)
+        request.state = RequestState.DONE
+        await manager.mark_request_as_handled(request)
+    return fetched
+
+
+async def test_each_url_has_one_owner_and_is_handed_over(store: KeyValueStore) -> None:
+    a_map, a = await open_run(store, 'run-a', 'queue-a')
+    _b_map, b = await open_run(store, 'run-b', 'queue-b')
+    seen = await asyncio.gather(a.wait_for_runs(timeout_secs=5), b.wait_for_runs(timeout_secs=5))
+    assert list(seen) == [['run-a', 'run-b'], ['run-a', 'run-b']]
+    urls = [f'https://example.com/page-{i}' for i in range(200)]
+    await a.add_requests(urls[:150])
+    await b.add_requests(urls[50:])  # 100 of these a knows only after a sync
+    await a._sync()
+    await b._sync()
+    await a.add_requests(urls)  # all known now: nothing new
+    await a._take_over_and_check_done()
+    await b._take_over_and_check_done()
+    fetched = await drain(a) + await drain(b)
+    counts = Counter(fetched)
+    assert set(counts) == set(urls), 'every URL was fetched'
+    duplicates = sum(count - 1 for count in counts.values())
+    assert duplicates == 0, 'both discovered 100 URLs before syncing, yet only their owner queued each'
+    assert a.stats.handed_over > 30
+    assert b.stats.taken_over > 10, 'b queued URLs only a had discovered and handed over to it'
+    assert all(a.owner(url) == b.owner(url) for url in urls), 'both runs agree on every owner'
+    owners = Counter(a.owner(url) for url in urls)
+    assert min(owners.values()) > 60, f'ownership is balanced: {owners}'
+    await b._sync()
+    await a._sync()
+    assert all(a_map[Request.from_url(url).unique_key] == 'processed' for url in urls)
+
+
+async def test_a_url_another_run_processed_is_skipped_before_the_fetch(store: KeyValueStore) -> None:
+    a_map, a = await open_run(store, 'run-a', 'queue-a')
+    b_map, _ = await open_run(store, 'run-b', 'queue-b')
+    await a.add_requests(['https://example.com/x', 'https://example.com/y'])  # a is alone: it owns both
+    b_map['https://example.com/x'] = 'processed'  # b fetched x meanwhile (e.g. it took x over from a dead run)
+    await b_map.sync()
+    await a_map.sync()
+    assert await drain(a) == ['https://example.com/y']
+    assert a.stats.skipped_before_fetch == 1
+    assert await a.is_finished()
+
+
+async def test_urls_of_a_run_that_died_are_taken_over(store: KeyValueStore) -> None:
+    dead_map, dead = await open_run(store, 'dead', 'queue-dead')
+    await dead.wait_for_runs(timeout_secs=0.1)
+    await dead.add_requests([f'https://example.com/{i}' for i in range(50)])
+    await dead_map.sync()  # then it dies: no more heartbeats, no final record
+    _alive_map, alive = await open_run(store, 'alive', 'queue-alive')
+    alive._dead_after = 0.3
+    await alive._sync()
+    assert 'dead' in alive.live_runs
+    done: list[bool] = []
+    alive._on_done = lambda: done.append(True)
+    await alive._take_over_and_check_done()
+    assert alive.stats.taken_over == 0, 'the dead run still counts as alive'
+    await asyncio.sleep(0.4)
+    await alive._sync()
+    assert alive.live_runs == ['alive']
+    await alive._take_over_and_check_done()
+    assert alive.stats.taken_over == 50
+    assert len(await drain(alive)) == 50
+    await alive._sync()
+    await alive._take_over_and_check_done()
+    assert done == [True], 'nothing is waiting any more: the crawl is done'
