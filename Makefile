@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m src.demo_shared_map
+	$(PY) -m src.demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

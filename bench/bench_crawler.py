@@ -477,6 +477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started_at = datetime.now(UTC).isoformat(timespec='seconds')
+    commit_at_start = _git('rev-parse', 'HEAD')
+    src_changes_at_start = _git('status', '--porcelain', 'src').splitlines()
     configs = [Config('shared', n, s) for n in args.runs for s in args.sync_intervals]
     configs += [c for c in args.extra if c not in configs]
     if not args.no_independent:
@@ -517,8 +519,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             'apify': importlib.metadata.version('apify'),
             'platform': platform.platform(),
             'cpus': os.cpu_count(),
-            'git_commit': _git('rev-parse', 'HEAD'),
-            'src_uncommitted_changes': _git('status', '--porcelain', 'src').splitlines(),
+            'git_commit_at_start': commit_at_start,
+            'git_commit_at_end': _git('rev-parse', 'HEAD'),
+            'src_uncommitted_changes_at_start': src_changes_at_start,
+            'src_uncommitted_changes_at_end': _git('status', '--porcelain', 'src').splitlines(),
         },
         'targets': {'duplicate_ratio': TARGET_DUPLICATE_RATIO, 'store_operations_per_page': TARGET_OPS_PER_PAGE},
         'aggregates': aggregates,

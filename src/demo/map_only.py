@@ -1,6 +1,6 @@
 """Demo of the shared map alone: N processes "crawl" a generated link graph and share URL state (no network).
 
-`python -m src.demo_shared_map [--runs 3] [--pages 3000]` starts the runs as real processes on one file-system
+`python -m src.demo.map_only [--runs 3] [--pages 3000]` starts the runs as real processes on one file-system
 store in a temporary folder, waits for them, and prints what each did and whether their maps converged.
 """
 
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .shared_map import SharedMap, open_store
+from ..shared_map import SharedMap, open_store
 
 
 def links_of(page: int, pages: int) -> list[int]:
@@ -62,7 +62,7 @@ def run_parent(runs: int, pages: int) -> int:
     with tempfile.TemporaryDirectory(prefix='shared-map-demo-') as tmp:
         storage = Path(tmp) / 'storage'
         started = time.monotonic()
-        command = [sys.executable, '-m', 'src.demo_shared_map', '--storage', str(storage), '--pages', str(pages)]
+        command = [sys.executable, '-m', 'src.demo.map_only', '--storage', str(storage), '--pages', str(pages)]
         procs = [
             subprocess.Popen([*command, '--child', str(run), '--out', str(Path(tmp) / f'run-{run}.json')])
             for run in range(runs)
