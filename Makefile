@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Apify CLI (npm package apify-cli), for `apify validate-schema` and the `apify run` test; skipped without npm.
+APIFY_CLI_VERSION := 1.10.0
+APIFY := .tools/node_modules/.bin/apify
 
 .PHONY: demo test lint typecheck pytest bench clean
 
@@ -16,14 +19,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(PY) -m src.demo
 
-lint: $(STAMP)
+$(APIFY):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools apify-cli@$(APIFY_CLI_VERSION); \
+	else echo "npm not found: the Apify CLI checks are skipped"; fi
+
+lint: $(STAMP) $(APIFY)
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
+	@if [ -x $(APIFY) ]; then APIFY_CLI_DISABLE_TELEMETRY=1 $(APIFY) validate-schema; fi
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(APIFY)
 	$(PY) -m pytest
 
 test: lint typecheck pytest
@@ -32,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_shared_map
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
