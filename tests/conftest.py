@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from crawlee import service_locator
 from crawlee.storage_clients import SqlStorageClient
@@ -11,18 +14,33 @@ from crawlee.storages import KeyValueStore
 
 from src.shared_map import storage_client_for
 
-BACKENDS = ['fs', 'sqlite']
+BACKENDS = ['fs', 'sqlite', 'postgres']
+POSTGRES_URL = os.environ.get('TEST_POSTGRES_URL')
 
 
 def connection_for(backend: str, tmp_path: Path) -> str:
-    """A connection string for a fresh store of `backend` under `tmp_path`."""
+    """A connection string for a fresh store of `backend` under `tmp_path` (PostgreSQL: see `fresh_database`)."""
     if backend == 'fs':
         return f'file://{tmp_path}/storage'
     if backend == 'sqlite':
         return f'sqlite+aiosqlite:///{tmp_path}/state.db'
-    if backend == 'postgres':
-        return os.environ['TEST_POSTGRES_URL']
     raise ValueError(backend)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """A new, empty database on the test PostgreSQL server (`make test` starts one), dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip('no PostgreSQL server: TEST_POSTGRES_URL is not set (make test starts one when it can)')
+    admin_dsn = POSTGRES_URL.replace('postgresql+asyncpg://', 'postgresql://')
+    name = f'test_{uuid.uuid4().hex[:16]}'
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE {name}')
+        yield POSTGRES_URL.rsplit('/', 1)[0] + f'/{name}'
+        await admin.execute(f'DROP DATABASE IF EXISTS {name} WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +63,13 @@ def _reset_service_locator() -> None:
 
 
 @pytest.fixture(params=BACKENDS)
-def connection(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+async def connection(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """One connection string per storage backend: every test that uses it runs on each backend."""
-    return connection_for(str(request.param), tmp_path)
+    if request.param == 'postgres':
+        async with fresh_database() as url:
+            yield url
+    else:
+        yield connection_for(str(request.param), tmp_path)
 
 
 @pytest.fixture

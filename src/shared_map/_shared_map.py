@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+_READ_RETRIES = 3
 
 
 class _Sentinel:
@@ -438,7 +439,8 @@ class SharedMap(dict[str, Any]):
         """Stop the background task (waiting for a sync in progress) and, by default, sync once more."""
         task, self._sync_task = self._sync_task, None
         if task is not None:
-            task.cancel()
+            async with self._sync_lock:  # never cancel a sync half-way: let the one in progress finish
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if final_sync and not self._closed:
@@ -664,6 +666,14 @@ class SharedMap(dict[str, Any]):
                 if mode == 'full':
                     listing = await self._list()
                     await self._read_phase(listing, result)
+                    for _ in range(_READ_RETRIES):
+                        # A record vanished between listing and reading: a compaction folded it into a snapshot
+                        # written before the deletion, so a new listing finds it.
+                        missing, result.records_missing = result.records_missing, 0
+                        if not missing:
+                            break
+                        listing = await self._list()
+                        await self._read_phase(listing, result)
                     self._apply_reverts()
                     await self._maybe_compact(listing, result)
             except SharedMapError:
@@ -705,7 +715,7 @@ class SharedMap(dict[str, Any]):
             )
             try:
                 body = await self._put(self._keys.log(self.run_id, seq), body)
-            except Exception:
+            except BaseException:  # also a cancellation: the changes stay pending, never dropped
                 for unwritten in chunks[index:]:
                     for key in unwritten.keys:
                         self._dirty.setdefault(key, pending[key])  # A newer local change wins.
