@@ -66,6 +66,52 @@ def render_page(page: int, pages: int) -> str:
     )
 
 
+HOSTILE_LINKS = 3000
+LONG_SEGMENT = 'x' * 1800
+UNICODE_PATH = '/hostile/%C5%A1%C4%8D%C5%99-%C3%BC-%F0%9F%98%80.html'
+
+
+def hostile_page(path: str, port: int) -> tuple[int, str, bytes, dict[str, str]] | None:
+    """A page that stresses a crawler, as (status, content type, body, extra headers); None if `path` is not one.
+
+    Thousands of links, very long and odd URLs, a redirect to another host, non-HTML bodies, errors.
+    """
+    html = 'text/html; charset=utf-8'
+    if path == '/hostile/':
+        links = [
+            '/hostile/many-links.html',
+            f'/hostile/long/{LONG_SEGMENT}.html',
+            UNICODE_PATH,
+            '/hostile/query.html?b=2&a=1&utm_source=news#fragment',
+            '/hostile/query.html?a=1&b=2',
+            '/hostile/redirect',
+            '/hostile/data.json',
+            '/hostile/blob.bin',
+            '/hostile/missing.html',
+            '/hostile/error.html',
+        ]
+        body = ''.join(f'<a href="{link}">{index}</a> ' for index, link in enumerate(links))
+        return 200, html, f'<html><title>Hostile</title><body>{body}</body></html>'.encode(), {}
+    if path == '/hostile/many-links.html':
+        body = ''.join(f'<a href="/hostile/n/{i}.html">{i}</a>' for i in range(HOSTILE_LINKS))
+        return 200, html, f'<html><title>Many links</title><body>{body}</body></html>'.encode(), {}
+    if path.startswith('/hostile/n/') and path.endswith('.html'):
+        return 200, html, b'<html><title>Tiny</title><body><a href="/hostile/">up</a></body></html>', {}
+    if path in (f'/hostile/long/{LONG_SEGMENT}.html', UNICODE_PATH, '/hostile/query.html?a=1&b=2'):
+        return 200, html, b'<html><title>Odd URL</title><body>odd</body></html>', {}
+    if path == '/hostile/redirect':  # to another host name of this machine: a host the crawl does not follow
+        return 302, html, b'', {'Location': f'http://localhost:{port}/hostile/landed.html'}
+    if path == '/hostile/landed.html':
+        return 200, html, f'<html><title>Landed</title><a href="http://localhost:{port}/">there</a></html>'.encode(), {}
+    if path == '/hostile/data.json':
+        return 200, 'application/json', b'{"not": "html", "links": ["/a", "/b"]}', {}
+    if path == '/hostile/blob.bin':
+        return 200, 'application/octet-stream', bytes(range(256)) * 64, {}
+    if path == '/hostile/error.html':
+        return 500, html, b'<html><title>Error</title></html>', {}
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _SiteServer
 
@@ -74,6 +120,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path == '/__stats':
             self._send(200, 'application/json', json.dumps(self.server.stats.snapshot()).encode())
             return
+        if self.server.hostile and path.startswith('/hostile/'):
+            self.server.stats.hit(path)
+            answer = hostile_page(path, self.server.server_address[1])
+            if answer is None:
+                self._send(404, 'text/html', b'<html><title>Not found</title></html>')
+            else:
+                status, content_type, body, headers = answer
+                self._send(status, content_type, body, headers)
+            return
         page = self.server.pages_by_path.get(path.split('?', 1)[0])
         if page is None:
             self._send(404, 'text/html', b'<html><title>Not found</title></html>')
@@ -81,7 +136,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.stats.hit(path)
         if self.server.delay_secs:
             time.sleep(self.server.delay_secs)
-        self._send(200, 'text/html; charset=utf-8', render_page(page, self.server.pages).encode())
+        html = render_page(page, self.server.pages)
+        if self.server.hostile and page == 0:
+            html = html.replace('</body>', '<a href="/hostile/">hostile corner</a></body>')
+        self._send(200, 'text/html; charset=utf-8', html.encode())
 
     def do_POST(self) -> None:
         if self.path == '/__reset':
@@ -91,9 +149,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, 'text/plain', b'')
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header('Content-Type', content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -105,8 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _SiteServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, pages: int, delay_secs: float) -> None:
+    def __init__(self, port: int, pages: int, delay_secs: float, hostile: bool) -> None:
         super().__init__(('127.0.0.1', port), _Handler)
+        self.hostile = hostile
         self.pages = pages
         self.delay_secs = delay_secs
         self.pages_by_path = {page_path(page): page for page in range(pages)}
@@ -142,9 +203,13 @@ class RunningSite:
         self.thread.join(timeout=5)
 
 
-def serve_site(pages: int = 3000, *, port: int = 0, delay_secs: float = 0.0) -> RunningSite:
-    """Serve a site of `pages` pages on 127.0.0.1 (port 0: any free port) in a daemon thread."""
-    server = _SiteServer(port, pages, delay_secs)
+def serve_site(pages: int = 3000, *, port: int = 0, delay_secs: float = 0.0, hostile: bool = False) -> RunningSite:
+    """Serve a site of `pages` pages on 127.0.0.1 (port 0: any free port) in a daemon thread.
+
+    With `hostile`, the home page also links to `/hostile/`: thousands of links, long and odd URLs, a redirect to
+    another host, non-HTML responses, a 404 and a 500.
+    """
+    server = _SiteServer(port, pages, delay_secs, hostile)
     thread = threading.Thread(target=server.serve_forever, name='demo-site', daemon=True)
     thread.start()
     return RunningSite(server, thread)

@@ -6,7 +6,7 @@ Self-contained: copy this folder into another actor. The sync protocol is in `do
 from ._backends import open_store, storage_client_for
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
 from ._records import ENQUEUED, FORMAT_VERSION
-from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats
+from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats, map_key
 from ._shared_map import SharedMap, SyncMode
 from ._stats import RunStats, SyncResult
 
@@ -26,6 +26,7 @@ __all__ = [
     'SyncMode',
     'SyncResult',
     'UnsupportedFormatError',
+    'map_key',
     'open_store',
     'storage_client_for',
 ]

@@ -9,6 +9,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from crawlee import Request, RequestState
 from crawlee.request_loaders import RequestManager
@@ -63,7 +64,9 @@ class SharedRequestManager(RequestManager):
     * Fetching: a request whose URL another run has processed meanwhile is skipped before the HTTP request.
     * Handled requests are marked `processed`, `failed` (retries exhausted) or `skipped`.
 
-    The map's keys are the requests' unique keys: crawlee's normalized URLs (no fragment, sorted query).
+    The map's keys are URLs without their fragment and `utm_` parameters, with the query sorted (`map_key`): unlike
+    crawlee's default unique keys, they keep the path's case and trailing slash, so another run can fetch them as
+    they are. Requests are queued with that key as their unique key, so the queue dedupes exactly as the map does.
 
     Usage:
         ```python
@@ -171,7 +174,7 @@ class SharedRequestManager(RequestManager):
 
     async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Queue `request` here if it is new and this run owns it; record it in the shared map either way."""
-        request = self._transform_request(request)
+        request = _with_map_key(self._transform_request(request))
         if not self._admit(request):
             return ProcessedRequest(unique_key=request.unique_key, was_already_present=True, was_already_handled=False)
         return await self._inner.add_request(request, forefront=forefront)
@@ -187,7 +190,8 @@ class SharedRequestManager(RequestManager):
         wait_for_all_requests_to_be_added_timeout: timedelta | None = None,
     ) -> None:
         """Queue the new requests this run owns; record all new ones in the shared map."""
-        admitted = [request for request in self._transform_requests(requests) if self._admit(request)]
+        keyed = [_with_map_key(self._transform_request(request)) for request in requests]
+        admitted = [request for request in keyed if self._admit(request)]
         if admitted:
             options: dict[str, Any] = {
                 'forefront': forefront,
@@ -200,12 +204,14 @@ class SharedRequestManager(RequestManager):
             await self._inner.add_requests(admitted, **options)
 
     def _admit(self, request: Request) -> bool:
-        # The map's key is crawlee's unique key (the normalized URL), so it dedupes exactly as the queue does.
-        url = request.unique_key
+        url = request.unique_key  # the map key (see `map_key`), which the queue dedupes on too
         if url in self._shared:
             self.stats.known_skipped += 1
             return False
         self._shared[url] = ENQUEUED
+        if request.method != 'GET':
+            self._queued.add(url)
+            return True  # only GET requests can be rebuilt from their key by another run
         if self.owner(url) != self._shared.run_id:
             if self._depths is not None:
                 self._depths[url] = request.crawl_depth
@@ -333,6 +339,20 @@ class SharedRequestManager(RequestManager):
             self._queued.update(mine)
             self.stats.taken_over += len(mine)
             logger.info('Took over %d URLs from the shared map.', len(mine))
+        sync = self.last_sync
+        logger.info(
+            'Shared map: %d URLs known, %d processed, %d waiting; %d runs live, %d owner changes; duplicates avoided: '
+            '%d known links, %d processed elsewhere; sync %.2f s, %d records read.',
+            len(self._shared),
+            processed,
+            waiting,
+            len(self._live),
+            self.stats.owner_changes,
+            self.stats.known_skipped,
+            self.stats.skipped_before_fetch,
+            sync.seconds if sync else 0.0,
+            sync.records_read if sync else 0,
+        )
         limit_reached = self._max_processed is not None and processed >= self._max_processed
         if limit_reached or (waiting == 0 and await self._inner.is_finished()):
             self._done = True
@@ -342,7 +362,7 @@ class SharedRequestManager(RequestManager):
                 self._on_done()
 
     def _request_from_map(self, url: str) -> Request:
-        request = Request.from_url(url)
+        request = Request.from_url(url, unique_key=url)
         depth = self._depths.get(url) if self._depths is not None else None
         if isinstance(depth, int):
             request.crawl_depth = depth
@@ -351,3 +371,20 @@ class SharedRequestManager(RequestManager):
 
 def _rendezvous(runs: list[str], url: str) -> str:
     return max(runs, key=lambda run: hashlib.blake2b(f'{run}\n{url}'.encode(), digest_size=8).digest())
+
+
+def map_key(url: str) -> str:
+    """The shared-map key of a URL: no fragment, no `utm_` parameters, sorted query, lower-case scheme and host.
+
+    The path and the query's encoding are kept as they are, so the key is a URL that fetches the same page.
+    """
+    parts = urlsplit(url.strip())
+    pairs = sorted(pair for pair in parts.query.split('&') if pair and not pair.startswith('utm_'))
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or '/', '&'.join(pairs), ''))
+
+
+def _with_map_key(request: Request) -> Request:
+    if request.method != 'GET':
+        return request
+    key = map_key(request.url)
+    return request if request.unique_key == key else request.model_copy(update={'unique_key': key})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from src.demo.site import RunningSite, serve_site
+from src.demo.site import HOSTILE_LINKS, LONG_SEGMENT, UNICODE_PATH, RunningSite, serve_site
+from src.shared_map import SharedMap, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +101,9 @@ async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: Ru
     assert 'Parallel runs:' in log
 
 
-def child_pid(run_id_suffix: str) -> int | None:
+def child_pid(storage: Path, run_id_suffix: str) -> int | None:
+    """The pid of the local child run whose storage folder is under `storage` and whose run id ends so."""
+    prefix = f'CRAWLEE_STORAGE_DIR={storage}/parallel-runs/'.encode()
     for proc in Path('/proc').iterdir():
         if not proc.name.isdigit():
             continue
@@ -108,7 +112,7 @@ def child_pid(run_id_suffix: str) -> int | None:
         except OSError:
             continue
         for item in environ:
-            if item.startswith(b'ACTOR_RUN_ID=') and item.endswith(run_id_suffix.encode()):
+            if item.startswith(prefix) and item.endswith(run_id_suffix.encode()):
                 return int(proc.name)
     return None
 
@@ -121,7 +125,7 @@ async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while site.stats.snapshot()['fetches'] < 60 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter other threads update
             await asyncio.sleep(0.1)
-        pid = child_pid('-2')
+        pid = child_pid(storage, '-2')
         assert pid is not None, 'the child run is running'
         os.kill(pid, signal.SIGKILL)
         code, log = await asyncio.to_thread(finish, parent, storage)
@@ -158,3 +162,39 @@ async def test_invalid_input_stops_the_run_with_a_clear_message(tmp_path: Path) 
     assert '"nota-url" is not an http(s) URL' in log
     assert 'parallelRuns must be between 1 and 50' in log
     assert not (storage / 'parallel-runs').exists()
+
+
+async def test_hostile_content_keeps_the_crawl_correct_and_the_store_valid(tmp_path: Path) -> None:
+    site = serve_site(100, hostile=True)
+    try:
+        storage = tmp_path / 'storage'
+        actor_input = crawl_input(site, parallelRuns=2, maxRequestRetries=1)
+        code, log = await asyncio.to_thread(finish, start_actor(storage, actor_input), storage)
+        assert code == 0, log[-3000:]
+        counts = site.stats.snapshot()['counts']
+    finally:
+        site.stop()
+    assert all(f'/hostile/n/{i}.html' in counts for i in range(HOSTILE_LINKS)), 'every one of 3,000 links'
+    assert f'/hostile/long/{LONG_SEGMENT}.html' in counts
+    assert UNICODE_PATH in counts
+    variants = ['/hostile/query.html?a=1&b=2', '/hostile/query.html?b=2&a=1&utm_source=news']
+    assert sum(variant in counts for variant in variants) == 1, 'one page under two query orders: fetched once'
+    assert counts.get('/hostile/error.html') == 2, 'a 500 is retried, then given up'
+    duplicates = sum(count - 1 for path, count in counts.items() if path != '/hostile/error.html')
+    assert duplicates <= (HOSTILE_LINKS + 100) // 100
+
+    shared = await load_shared_map(storage / 'key_value_stores' / 'test-crawl')
+    assert 'enqueued' not in shared.values(), 'nothing left waiting'
+    assert sum(1 for value in shared.values() if value == 'failed') >= 1
+    assert not any('localhost' in url for url in shared), 'the other host was not crawled'
+    for record in (storage / 'key_value_stores' / 'test-crawl').iterdir():
+        name = record.name.removesuffix('.__metadata__.json')
+        assert re.match(r"^[a-zA-Z0-9!\-_.'()]{1,256}$", name), name
+        assert record.stat().st_size < 9 * 1024 * 1024
+
+
+async def load_shared_map(folder: Path) -> dict[str, Any]:
+    store = await open_store(folder.name, connection=f'file://{folder.parent.parent}')
+    shared = SharedMap(store, run_id='checker')
+    await shared.initialize()
+    return dict(shared)

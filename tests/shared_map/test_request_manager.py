@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from crawlee import Request, RequestState
+from crawlee import RequestState
 from crawlee.storages import KeyValueStore, RequestQueue
 
-from src.shared_map import SharedMap, SharedRequestManager
+from src.shared_map import SharedMap, SharedRequestManager, map_key
 
 
 async def open_run(store: KeyValueStore, run_id: str, queue_name: str) -> tuple[SharedMap, SharedRequestManager]:
@@ -53,7 +53,7 @@ async def test_each_url_has_one_owner_and_is_handed_over(store: KeyValueStore) -
     assert min(owners.values()) > 60, f'ownership is balanced: {owners}'
     await b._sync()
     await a._sync()
-    assert all(a_map[Request.from_url(url).unique_key] == 'processed' for url in urls)
+    assert all(a_map[map_key(url)] == 'processed' for url in urls)
 
 
 async def test_a_url_another_run_processed_is_skipped_before_the_fetch(store: KeyValueStore) -> None:
@@ -90,3 +90,9 @@ async def test_urls_of_a_run_that_died_are_taken_over(store: KeyValueStore) -> N
     await alive._sync()
     await alive._take_over_and_check_done()
     assert done == [True], 'nothing is waiting any more: the crawl is done'
+
+
+def test_map_keys_are_fetchable_urls() -> None:
+    assert map_key('HTTP://Example.COM/Dir/?b=2&utm_source=x&a=1#frag') == 'http://example.com/Dir/?a=1&b=2'
+    assert map_key('https://example.com') == 'https://example.com/'
+    assert map_key('https://example.com/%C5%A1/Page.html?q=%20x') == 'https://example.com/%C5%A1/Page.html?q=%20x'
