@@ -31,6 +31,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -141,6 +142,40 @@ def _log_summary(path: Path) -> Json:
     }
 
 
+class CpuMeter:
+    """CPU seconds used by the whole machine, by this process (the site) and by its reaped children (the runs).
+
+    Other work on the machine (foreign CPU) competes with the runs; its share of the cores is reported with every
+    measurement, since it makes the wall times slower and noisier.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float, float]:
+        with open('/proc/stat', encoding='ascii') as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        busy = (fields[0] + fields[1] + fields[2] + sum(fields[5:8])) / os.sysconf('SC_CLK_TCK')  # user..steal
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return busy, own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime, time.perf_counter()
+
+    def stop(self) -> Json:
+        busy, own, children, now = (end - start for end, start in zip(self._read(), self._start, strict=True))
+        cores = os.cpu_count() or 1
+        foreign = max(0.0, busy - own - children)
+        return {
+            'machine_cpu_seconds': busy,
+            'site_cpu_seconds': own,
+            'runs_cpu_seconds': children,
+            'foreign_cpu_seconds': foreign,
+            'foreign_cpu_share': foreign / (now * cores),
+            'machine_busy_share': busy / (now * cores),
+            'load_average_at_end': os.getloadavg()[0],
+        }
+
+
 def _wait(processes: list[subprocess.Popen[bytes]], site: RunningSite, started: float, timeout: float) -> Json:
     """Wait for the processes, polling the site; timings are seconds since `started`."""
     first_fetch = last_new_page = last_fetch = None
@@ -191,9 +226,12 @@ def measure(config: Config, pages: int, repeat_index: int, timeout: float, logs_
         shared = config.mode == 'shared'
         raw = actor_input(site.url, config.runs, config.sync_secs, shared=shared)
         storages = [tmp / 'storage'] if shared else [tmp / f'storage-{i}' for i in range(1, config.runs + 1)]
+        load_at_start = os.getloadavg()[0]
+        meter = CpuMeter()
         started = time.perf_counter()
         processes = [start_actor(storage, raw, tmp / f'{storage.name}.log') for storage in storages]
         timing = _wait(processes, site, started, timeout)
+        cpu = meter.stop() | {'load_average_at_start': load_at_start}
         snapshot = site.stats.snapshot()
         counts: dict[str, int] = snapshot.pop('counts')
 
@@ -239,6 +277,10 @@ def measure(config: Config, pages: int, repeat_index: int, timeout: float, logs_
                 store_operations / distinct if store_operations is not None and distinct else None
             ),
             'all_pages_crawled': distinct == pages,
+            'cpu': cpu,
+            'runs_cpu_ms_per_page': cpu['runs_cpu_seconds'] * 1000 / snapshot['fetches']
+            if snapshot['fetches']
+            else None,
         }
         result['log_summaries'] = [_log_summary(log) for log in logs]
         logs_dir = logs_root / f'{config.label}-r{repeat_index}'
@@ -314,6 +356,14 @@ def aggregate(measurements: list[Json]) -> Json:
         'handed_over': med_output('handedOver'),
         'taken_over': med_output('takenOver'),
         'skipped_before_fetch': med_output('skippedBeforeFetch'),
+        'wall_seconds_range': [
+            min(m['wall_seconds'] for m in measurements),
+            max(m['wall_seconds'] for m in measurements),
+        ],
+        'runs_cpu_ms_per_page': med('runs_cpu_ms_per_page'),
+        'foreign_cpu_share': _median([m['cpu']['foreign_cpu_share'] for m in measurements]),
+        'foreign_cpu_share_max': max(m['cpu']['foreign_cpu_share'] for m in measurements),
+        'machine_busy_share': _median([m['cpu']['machine_busy_share'] for m in measurements]),
         'all_pages_crawled': sum(m['all_pages_crawled'] for m in measurements),
         'problems': sorted({p for m in measurements for p in m['problems']}),
     }
@@ -424,14 +474,32 @@ def runs_table(measurements: list[Json]) -> str:
 
 
 def timing_table(aggregates: dict[str, Json]) -> str:
-    header = ['Measurement', 'Wall', 'First fetch at', 'Last new page at', 'Fetches/s', 'Syncs (all runs)']
+    header = [
+        'Measurement',
+        'Wall (range)',
+        'First fetch at',
+        'Last new page at',
+        'Fetches/s',
+        'Syncs (all runs)',
+        'CPU of the runs per fetch',
+        'Machine busy',
+        'Other work on the machine',
+    ]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
     for label, agg in aggregates.items():
-        lines.append(
-            f'| {label} | {_fmt(agg["wall_seconds"], ".1f", " s")} | {_fmt(agg["first_fetch_seconds"], ".1f", " s")} '
-            f'| {_fmt(agg["last_new_page_seconds"], ".1f", " s")} | {_fmt(agg["fetches_per_second"], ".1f")} '
-            f'| {_fmt(agg["syncs"], ".0f")} |'
-        )
+        low, high = agg['wall_seconds_range']
+        cells = [
+            label,
+            f'{_fmt(agg["wall_seconds"], ".1f", " s")} ({low:.1f}-{high:.1f})',
+            _fmt(agg['first_fetch_seconds'], '.1f', ' s'),
+            _fmt(agg['last_new_page_seconds'], '.1f', ' s'),
+            _fmt(agg['fetches_per_second'], '.1f'),
+            _fmt(agg['syncs'], '.0f'),
+            _fmt(agg['runs_cpu_ms_per_page'], '.1f', ' ms'),
+            _fmt(agg['machine_busy_share'], '.0%', f' of {os.cpu_count()} cores'),
+            f'{_fmt(agg["foreign_cpu_share"], ".0%")} (max {_fmt(agg["foreign_cpu_share_max"], ".0%")})',
+        ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -494,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             _progress(
                 f'  wall {m["wall_seconds"]:.1f} s, {m["site"]["distinct"]}/{args.pages} pages, '
                 f'{m["site"]["duplicates"]} duplicates, store ops {m["store_operations"]}, '
-                f'{m["pages_per_second"]:.1f} pages/s'
+                f'{m["pages_per_second"]:.1f} pages/s, other work {m["cpu"]["foreign_cpu_share"]:.0%} of the cores'
                 + (f'; PROBLEMS: {"; ".join(m["problems"])}' if m['problems'] else '')
             )
             batch.append(m)
