@@ -54,6 +54,7 @@ from ._stats import RunStats, SyncResult
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from crawlee.configuration import Configuration
     from crawlee.storage_clients import StorageClient
     from crawlee.storages import KeyValueStore
 
@@ -129,6 +130,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _encoded_len(text: str) -> int:
+    """The exact length of `text` in our JSON (ASCII-only: escapes count), cheaply for the usual plain URL."""
+    if text.isascii() and text.isprintable() and '"' not in text and '\\' not in text:
+        return len(text) + 2
+    return len(json.dumps(text, ensure_ascii=True))
+
+
 @dataclass
 class _Chunk:
     """The entries of one record being built."""
@@ -139,22 +147,29 @@ class _Chunk:
     deleted: dict[int, Group] = field(default_factory=dict)
     size: int = 0
 
-    def add(self, key: str, value: Any, stamp: int) -> None:
+    def cost(self, key: str, value: Any, stamp: int) -> int:
+        """How many bytes adding this entry adds to the record (exact for strings, generous for the rest)."""
+        key_size = _encoded_len(key) + 1
+        if value is _DELETED:
+            return key_size + (0 if stamp in self.deleted else 32)
+        if value.__class__ in _SCALAR_TYPES:
+            if (stamp, value.__class__, value) in self.groups:
+                return key_size
+            return key_size + 32 + (_encoded_len(value) if value.__class__ is str else 24)
+        return key_size + 32 + len(json.dumps(value, ensure_ascii=True))
+
+    def add(self, key: str, value: Any, stamp: int, cost: int) -> None:
         self.keys.append(key)
-        key_size = len(key) + 3 if key.isascii() else 6 * len(key) + 3
+        self.size += cost
         if value is _DELETED:
             self.deleted.setdefault(stamp, [stamp, []])[1].append(key)
-            self.size += key_size
         elif value.__class__ in _SCALAR_TYPES:
             group = self.groups.get((stamp, value.__class__, value))
             if group is None:
                 group = self.groups[(stamp, value.__class__, value)] = [stamp, value, []]
-                self.size += 32 + (len(value) if value.__class__ is str else 8)
             group[2].append(key)
-            self.size += key_size
         else:
             self.singles.append([stamp, value, [key]])
-            self.size += 32 + key_size + len(json.dumps(value, ensure_ascii=True))
 
     def body_fields(self) -> dict[str, Any]:
         return {'groups': [*self.groups.values(), *self.singles], 'deleted': list(self.deleted.values())}
@@ -286,7 +301,7 @@ class SharedMap(dict[str, Any]):
         self._keys = Keys(prefix)
         self._record_size = record_size
         self._max_record_bytes = max_record_bytes
-        self._max_entry_chars = max_record_bytes // 16
+        self._max_entry_chars = max_record_bytes // 32  # a key and a value, escaped (up to 12x), fit one record
         self._compact_after_records = compact_after_records
         self._compact_after_bytes = compact_after_bytes
         self._lease_ttl_ms = int(lease_ttl_secs * 1000)
@@ -330,6 +345,7 @@ class SharedMap(dict[str, Any]):
         *,
         connection: str | None = None,
         storage_client: StorageClient | None = None,
+        configuration: Configuration | None = None,
         in_actor: bool | None = None,
         sync_interval_secs: float | None = None,
         **options: Any,
@@ -341,6 +357,8 @@ class SharedMap(dict[str, Any]):
             connection: Where the store lives, as for `open_store()`: `file:///path`, a SQLAlchemy URL, or None.
             storage_client: A crawlee storage client for the store (e.g. `SqlStorageClient(...)`); default: the
                 global one (inside an actor, the Apify one).
+            configuration: The configuration for `storage_client` (e.g. an `apify.Configuration` with a token for
+                `ApifyStorageClient` outside an actor).
             in_actor: Whether to open the store through `Actor` and follow its events (PERSIST_STATE: sync;
                 MIGRATING and ABORTING: final sync and release). Default: whether an `Actor` context is active.
             sync_interval_secs: If set, start a background task that syncs this often.
@@ -350,7 +368,6 @@ class SharedMap(dict[str, Any]):
 
         if in_actor is None:
             in_actor = _actor_is_active()
-        configuration = None
         if connection is not None:
             if storage_client is not None:
                 raise InvalidOptionError('Pass either connection or storage_client, not both.')
@@ -746,13 +763,15 @@ class SharedMap(dict[str, Any]):
 
     def _chunks(self, entries: Iterable[tuple[str, Any, int]]) -> Iterator[_Chunk]:
         """Split entries into records of at most `record_size` entries and (estimated) `max_record_bytes`."""
-        budget = self._max_record_bytes - 4096
+        budget = self._max_record_bytes - 4096  # room for the envelope
         chunk = _Chunk()
         for key, value, stamp in entries:
-            chunk.add(key, value, stamp)
-            if len(chunk.keys) >= self._record_size or chunk.size >= budget:
+            cost = chunk.cost(key, value, stamp)
+            if chunk.keys and (len(chunk.keys) >= self._record_size or chunk.size + cost > budget):
                 yield chunk
                 chunk = _Chunk()
+                cost = chunk.cost(key, value, stamp)
+            chunk.add(key, value, stamp, cost)
         if chunk.keys:
             yield chunk
 

@@ -111,10 +111,16 @@ def wait_all(procs: list[subprocess.Popen[bytes]], workdir: Path, timeout: float
         assert code == 0, (workdir / f'stderr-{index}.txt').read_text()[-3000:]
 
 
-@pytest.mark.parametrize('seed', [1, 2])
-async def test_no_lost_updates_and_convergence(connection: str, tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(('seed', 'skews'), [(1, (0, 0, 0, 0)), (2, (0, 0, 0, 0)), (3, (-4000, 0, 2500, 4000))])
+async def test_no_lost_updates_and_convergence(
+    connection: str, tmp_path: Path, seed: int, skews: tuple[int, ...]
+) -> None:
+    """With seed 3 the workers' clocks are skewed by up to 8 s between them (leases expire early or late)."""
     count = 4
-    procs = [start_worker(connection, tmp_path, i, count, seed * 100 + i, '--ops', '1500') for i in range(count)]
+    procs = [
+        start_worker(connection, tmp_path, i, count, seed * 100 + i, '--ops', '1500', '--clock-skew-ms', str(skews[i]))
+        for i in range(count)
+    ]
     await asyncio.to_thread(wait_all, procs, tmp_path, 300)
 
     journals = {i: synced_ops(tmp_path, i) for i in range(count)}

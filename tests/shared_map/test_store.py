@@ -178,3 +178,19 @@ async def test_map_and_stamps_share_one_key_string(store: KeyValueStore) -> None
         stamp_ids = {id(key) for key in shared._stamps}
         assert len(stamp_ids) >= 1500
         assert stamp_ids <= data_ids, f'{len(stamp_ids - data_ids)} keys stored twice in {shared.run_id}'
+
+
+async def test_the_largest_allowed_entry_fits_one_record(store: KeyValueStore) -> None:
+    limit = 64 * 1024
+    shared = SharedMap(store, run_id='big', max_record_bytes=limit)
+    await shared.initialize()
+    chars = limit // 32
+    shared['\U0001f600' * chars] = '\U0001f601' * chars  # 12 bytes per character once escaped
+    shared['"\\' * (chars // 2)] = {'nested': ['\x00' * (limit // 4 // 8)]}
+    with pytest.raises(ValueError, match='characters'):
+        shared['k' * (chars + 1)] = 'processed'
+    result = await shared.sync()
+    assert result.records_written == 2
+    fresh = SharedMap(store, run_id='fresh')
+    await fresh.initialize()
+    assert dict(fresh) == dict(shared)

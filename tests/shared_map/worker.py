@@ -23,6 +23,7 @@ from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap, storage_client_for
+from src.shared_map import _shared_map as shared_map_module
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
 
@@ -59,7 +60,11 @@ async def main() -> None:
     parser.add_argument('--compact-after', type=int, default=8)
     parser.add_argument('--lease-ttl', type=float, default=2.0)
     parser.add_argument('--workdir', type=Path, required=True)
+    parser.add_argument('--clock-skew-ms', type=int, default=0, help="this process's wall clock is off by this much")
     args = parser.parse_args()
+    if args.clock_skew_ms:
+        real_now_ms = shared_map_module._now_ms
+        shared_map_module._now_ms = lambda: real_now_ms() + args.clock_skew_ms
 
     rng = random.Random(args.seed)
     storage_client, configuration = storage_client_for(args.connection)
