@@ -30,8 +30,12 @@ stop() {
 }
 trap stop EXIT
 as_pg "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
-    -o "-p $PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+OPTIONS="-p $PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c max_connections=300"
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -o "$OPTIONS" start >/dev/null
 echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') is running on 127.0.0.1:$PORT for the tests."
 export TEST_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:$PORT/postgres"
+# For the outage test: how to stop and start this server again.
+PREFIX=""; [[ $(id -u) -eq 0 ]] && PREFIX="runuser -u postgres -- "
+export TEST_POSTGRES_CTL="${PREFIX}$PGBIN/pg_ctl -D $PGDATA -l $PGDATA/server.log"
+export TEST_POSTGRES_OPTIONS="$OPTIONS"
 "$@"

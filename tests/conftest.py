@@ -37,7 +37,11 @@ async def fresh_database() -> AsyncIterator[str]:
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE {name}')
-        yield POSTGRES_URL.rsplit('/', 1)[0] + f'/{name}'
+    finally:
+        await admin.close()
+    yield POSTGRES_URL.rsplit('/', 1)[0] + f'/{name}'
+    admin = await asyncpg.connect(admin_dsn)  # a new connection: the test may have restarted the server
+    try:
         await admin.execute(f'DROP DATABASE IF EXISTS {name} WITH (FORCE)')
     finally:
         await admin.close()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap, storage_client_for
+from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 ABSENT = object()
@@ -231,3 +233,33 @@ async def test_kill_9_in_the_middle_of_compaction(backend: str, tmp_path: Path) 
     fresh = await load_fresh(connection)
     assert fresh['tick'] == survivor['tick']
     assert leftovers == [] or all('.tmp' in p for p in leftovers)  # stray temp files exist but are harmless
+
+
+@pytest.mark.skipif(not os.environ.get('TEST_POSTGRES_CTL'), reason='needs the test PostgreSQL server (make test)')
+async def test_postgres_going_away_and_coming_back_loses_nothing(tmp_path: Path) -> None:
+    ctl = shlex.split(os.environ['TEST_POSTGRES_CTL'])
+    options = os.environ['TEST_POSTGRES_OPTIONS']
+    async with fresh_database() as connection:
+        count = 3
+        procs = [
+            start_worker(
+                connection, tmp_path, i, count, 500 + i, '--ops', '4000', '--tolerate-errors', '--max-sleep', '0.02'
+            )
+            for i in range(count)
+        ]
+        deadline = time.monotonic() + 60
+        while min(len(synced_ops(tmp_path, i)) for i in range(count)) < 300 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(subprocess.run, [*ctl, '-m', 'fast', 'stop'], check=True, capture_output=True)
+        await asyncio.sleep(3)  # the workers go on with local state; their syncs fail
+        await asyncio.to_thread(subprocess.run, [*ctl, '-w', '-o', options, 'start'], check=True, capture_output=True)
+        await asyncio.to_thread(wait_all, procs, tmp_path, 300)
+        errors = [(tmp_path / f'errors-{i}.txt') for i in range(count)]
+        assert any(path.exists() for path in errors), 'the outage was noticed'
+        assert 'Shared map sync failed' in ''.join(p.read_text() for p in errors if p.exists())
+        journals = {i: synced_ops(tmp_path, i) for i in range(count)}
+        fresh = await load_fresh(connection)
+        owned = {key: value for key, value in fresh.items() if key.startswith('own-')}
+        assert owned == expected_owned(journals), 'syncs resumed and nothing was lost'
+        replicas = [json.loads((tmp_path / f'replica-{i}.json').read_text()) for i in range(count)]
+        assert all(replica == fresh for replica in replicas)

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
-from src.shared_map import SharedMap, storage_client_for
+from src.shared_map import SharedMap, SyncError, storage_client_for
 from src.shared_map import _shared_map as shared_map_module
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
@@ -61,6 +61,7 @@ async def main() -> None:
     parser.add_argument('--lease-ttl', type=float, default=2.0)
     parser.add_argument('--workdir', type=Path, required=True)
     parser.add_argument('--clock-skew-ms', type=int, default=0, help="this process's wall clock is off by this much")
+    parser.add_argument('--tolerate-errors', action='store_true', help='a failed sync is retried later, not fatal')
     args = parser.parse_args()
     if args.clock_skew_ms:
         real_now_ms = shared_map_module._now_ms
@@ -95,11 +96,25 @@ async def main() -> None:
             await asyncio.sleep(rng.random() * args.max_sleep)
         if rng.random() < 0.6:
             write_line(journal, {'pending': unsynced})
-            await shared.sync()
+            try:
+                await shared.sync()
+            except SyncError as exc:  # the store is away: go on with local state, the next sync retries
+                if not args.tolerate_errors:
+                    raise
+                (args.workdir / f'errors-{args.index}.txt').open('a').write(f'{exc}\n')
+                await asyncio.sleep(0.2)
+                continue
             write_line(journal, {'synced': len(unsynced)})
             unsynced = []
     write_line(journal, {'pending': unsynced})
-    await shared.sync()
+    for attempt in range(100):
+        try:
+            await shared.sync()
+            break
+        except SyncError:
+            if not args.tolerate_errors or attempt == 99:
+                raise
+            await asyncio.sleep(0.3)
     write_line(journal, {'synced': len(unsynced)})
     journal.close()
 
