@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.shared_map.test_processes import ROOT, load_fresh, start_worker, wait_all
+from tests.shared_map.harness import ROOT, load_fresh, start_worker, wait_all
 
 
 def cli(*args: str, stdin: str = '') -> subprocess.CompletedProcess[str]:

@@ -57,6 +57,8 @@ async def main() -> None:
     parser.add_argument('--own-keys', type=int, default=300)
     parser.add_argument('--hot-keys', type=int, default=50)
     parser.add_argument('--max-sleep', type=float, default=0.01)
+    parser.add_argument('--seconds', type=float, default=0, help='with --ops 0: stop (cleanly) after this long')
+    parser.add_argument('--sync-every', type=float, default=0, help='sync on this period instead of at random')
     parser.add_argument('--compact-after', type=int, default=8)
     parser.add_argument('--lease-ttl', type=float, default=2.0)
     parser.add_argument('--workdir', type=Path, required=True)
@@ -81,7 +83,8 @@ async def main() -> None:
     journal = (args.workdir / f'journal-{args.index}.jsonl').open('a', encoding='utf-8')
     unsynced: list[list[Any]] = []
     done = 0
-    while args.ops == 0 or done < args.ops:
+    started = last_sync = time.monotonic()
+    while (args.ops == 0 and (not args.seconds or time.monotonic() - started < args.seconds)) or done < args.ops:
         for _ in range(rng.randint(1, 40)):
             key, value, is_delete = random_op(rng, args.index, args.count, args.own_keys, args.hot_keys)
             if is_delete:
@@ -94,7 +97,9 @@ async def main() -> None:
             done += 1
         if rng.random() < 0.5:
             await asyncio.sleep(rng.random() * args.max_sleep)
-        if rng.random() < 0.6:
+        due = time.monotonic() - last_sync >= args.sync_every if args.sync_every else rng.random() < 0.6
+        if due:
+            last_sync = time.monotonic()
             write_line(journal, {'pending': unsynced})
             try:
                 await shared.sync()
@@ -127,7 +132,8 @@ async def main() -> None:
         await asyncio.sleep(0.05)
     await shared.sync()
     (args.workdir / f'replica-{args.index}.json').write_text(json.dumps(dict(shared), sort_keys=True))
-    (args.workdir / f'stats-{args.index}.json').write_text(json.dumps(shared.stats.to_dict()))
+    stats = {**shared.stats.to_dict(), 'sync_durations': shared.stats.sync_durations}
+    (args.workdir / f'stats-{args.index}.json').write_text(json.dumps(stats))
     await shared.close()
     if isinstance(storage_client, SqlStorageClient):
         await storage_client.close()
