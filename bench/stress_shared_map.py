@@ -139,7 +139,7 @@ async def run_kill(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     for i in range(3)
                 ]
-                await asyncio.sleep(1.5 + local.random() * 3)  # start-up, then a random moment of the sync loop
+                await asyncio.sleep(3 + local.random() * 3)  # start-up, then a random moment of the sync loop
                 for proc in procs:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
