@@ -273,7 +273,7 @@ class SharedRequestManager(RequestManager):
             await self._sync()
             if len(self._live) >= self._expected_runs or time.monotonic() >= deadline:
                 return self.live_runs
-            await asyncio.sleep(min(0.5, self._sync_interval))
+            await asyncio.sleep(min(1.0, self._sync_interval))
 
     def start(self, *, on_done: Callable[[], Any]) -> None:
         """Start the background loop; `on_done` is called once the whole crawl is done (e.g. `crawler.stop`)."""
