@@ -95,7 +95,7 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
         'pagesProcessed': state.requests_finished,
         'pagesFailed': state.requests_failed,
         **{_camel(name): value for name, value in manager.stats.to_dict().items()},
-        'storeOperations': shared.stats.store_operations,
+        'storeOperations': shared.stats.store_operations + (depths.stats.store_operations if depths else 0),
         'entriesInMap': len(shared),
         'seconds': round(time.monotonic() - started, 2),
     }

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from src.demo.site import HOSTILE_LINKS, LONG_SEGMENT, UNICODE_PATH, RunningSite, serve_site
+from src.demo.site import (
+    HOSTILE_LINKS,
+    LONG_SEGMENT,
+    UNICODE_PATH,
+    RunningSite,
+    page_links,
+    page_path,
+    serve_site,
+)
 from src.shared_map import SharedMap, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +206,27 @@ async def load_shared_map(folder: Path) -> dict[str, Any]:
     shared = SharedMap(store, run_id='checker')
     await shared.initialize()
     return dict(shared)
+
+
+async def test_max_crawl_depth_holds_across_runs(site: RunningSite, tmp_path: Path) -> None:
+    # Pages within 2 links of the home page, by breadth-first search over the site's own link graph.
+    depth = {0: 0}
+    frontier = [0]
+    while frontier:
+        page = frontier.pop(0)
+        if depth[page] < 2:
+            for link in page_links(page, site.pages):
+                if link not in depth:
+                    depth[link] = depth[page] + 1
+                    frontier.append(link)
+    expected = {page_path(page) for page in depth}
+    storage = tmp_path / 'storage'
+    code, log = await asyncio.to_thread(
+        finish, start_actor(storage, crawl_input(site, parallelRuns=2, maxCrawlDepth=2)), storage
+    )
+    assert code == 0, log[-3000:]
+    fetched = set(site.stats.snapshot()['counts'])
+    assert fetched == expected, f'{len(fetched - expected)} too deep, {len(expected - fetched)} missing'
+    summaries = outputs(storage)
+    assert all(s['pagesProcessed'] > 0 for s in summaries)
+    assert sum(s['handedOver'] for s in summaries) > 0, 'URLs crossed between runs, with their depth'
