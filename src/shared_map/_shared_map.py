@@ -171,6 +171,11 @@ class _Chunk:
         else:
             self.singles.append([stamp, value, [key]])
 
+    def restamp(self, stamp: int) -> None:
+        """Give every entry of the record the same stamp (log records: the stamp of the write)."""
+        for group in (*self.groups.values(), *self.singles, *self.deleted.values()):
+            group[0] = stamp
+
     def body_fields(self) -> dict[str, Any]:
         return {'groups': [*self.groups.values(), *self.singles], 'deleted': list(self.deleted.values())}
 
@@ -719,10 +724,12 @@ class SharedMap(dict[str, Any]):
         if not self._dirty and not heartbeat_due and not final:
             return
         pending, self._dirty = self._dirty, {}
-        stamp = self._tick()
         # An empty record still says "this run is alive" (or, with `final`, "this run is done") to the others.
-        chunks = list(self._chunks((key, value, stamp) for key, value in pending.items())) or [_Chunk()]
+        chunks = list(self._chunks((key, value, 0) for key, value in pending.items())) or [_Chunk()]
         for index, chunk in enumerate(chunks):
+            # Each record gets its own, larger stamp: a reader then merges each one wholesale (the "newest" path).
+            stamp = self._tick()
+            chunk.restamp(stamp)
             seq = self._next_seq
             # Never reuse a key: a failed write may still have landed, and records are immutable.
             self._next_seq += 1
