@@ -176,6 +176,22 @@ class CpuMeter:
         }
 
 
+def wait_for_quiet(below: float, max_wait: float, window: float = 5.0) -> Json:
+    """Wait until the machine's busy share over `window` seconds is at most `below` (this process idles meanwhile)."""
+    started = time.perf_counter()
+    waited_for: list[float] = []
+    while True:
+        meter = CpuMeter()
+        time.sleep(window)
+        share = meter.stop()['machine_busy_share']
+        waited_for.append(round(share, 3))
+        elapsed = time.perf_counter() - started
+        if share <= below or elapsed >= max_wait:
+            if len(waited_for) > 1:
+                _progress(f'  waited {elapsed:.0f} s for a quiet machine (busy {share:.0%} of the cores now)')
+            return {'seconds': elapsed, 'busy_shares': waited_for, 'quiet': share <= below}
+
+
 def _wait(processes: list[subprocess.Popen[bytes]], site: RunningSite, started: float, timeout: float) -> Json:
     """Wait for the processes, polling the site; timings are seconds since `started`."""
     first_fetch = last_new_page = last_fetch = None
@@ -260,6 +276,8 @@ def measure(config: Config, pages: int, repeat_index: int, timeout: float, logs_
             'pages': pages,
             'tmpdir': str(tmp),
             'input': raw,
+            'git_commit': _git('rev-parse', 'HEAD'),
+            'src_uncommitted_changes': _git('status', '--porcelain', 'src').splitlines(),
             **timing,
             'site': snapshot,
             'max_fetches_of_one_page': max(counts.values(), default=0),
@@ -534,6 +552,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=1, help='repeats of each measurement (medians are reported)')
     parser.add_argument('--timeout', type=float, default=900, help='seconds before a measurement is killed')
     parser.add_argument('--no-independent', action='store_true', help='skip the runs that share nothing')
+    parser.add_argument(
+        '--quiet-below',
+        type=float,
+        default=0.15,
+        help='before each measurement, wait until other work uses at most this share of the cores (over 5 s)',
+    )
+    parser.add_argument('--quiet-wait', type=float, default=600, help='longest wait for a quiet machine, in seconds')
+    parser.add_argument(
+        '--busy-above',
+        type=float,
+        default=0.2,
+        help='measure again when other work used more than this share of the cores during a measurement',
+    )
+    parser.add_argument('--busy-retries', type=int, default=2, help='how many times to measure again (then keep it)')
     parser.add_argument('--keep', action='store_true', help='keep the temporary storage folders')
     parser.add_argument('--out', type=Path, default=REPO_ROOT / 'bench' / 'out' / 'crawler.json', help='JSON output')
     args = parser.parse_args(argv)
@@ -554,17 +586,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs_root = args.out.parent / 'crawler-logs'
     measurements: list[Json] = []
     aggregates: dict[str, Json] = {}
+    discarded: list[Json] = []
     for config in configs:
         batch: list[Json] = []
         for r in range(args.repeat):
-            _progress(f'{config.label}: measurement {r + 1}/{args.repeat}')
-            m = measure(config, args.pages, r, args.timeout, logs_root, args.keep)
-            _progress(
-                f'  wall {m["wall_seconds"]:.1f} s, {m["site"]["distinct"]}/{args.pages} pages, '
-                f'{m["site"]["duplicates"]} duplicates, store ops {m["store_operations"]}, '
-                f'{m["pages_per_second"]:.1f} pages/s, other work {m["cpu"]["foreign_cpu_share"]:.0%} of the cores'
-                + (f'; PROBLEMS: {"; ".join(m["problems"])}' if m['problems'] else '')
-            )
+            for attempt in range(args.busy_retries + 1):
+                _progress(
+                    f'{config.label}: measurement {r + 1}/{args.repeat}' + (f', again ({attempt})' * bool(attempt))
+                )
+                quiet = wait_for_quiet(args.quiet_below, args.quiet_wait)
+                m = measure(config, args.pages, r, args.timeout, logs_root, args.keep)
+                m['quiet_before'] = quiet
+                foreign = m['cpu']['foreign_cpu_share']
+                _progress(
+                    f'  wall {m["wall_seconds"]:.1f} s, {m["site"]["distinct"]}/{args.pages} pages, '
+                    f'{m["site"]["duplicates"]} duplicates, store ops {m["store_operations"]}, '
+                    f'{m["pages_per_second"]:.1f} pages/s, other work {foreign:.0%} of the cores'
+                    + (f'; PROBLEMS: {"; ".join(m["problems"])}' if m['problems'] else '')
+                )
+                if foreign <= args.busy_above or attempt == args.busy_retries:
+                    break
+                _progress(f'  discarded: other work used {foreign:.0%} of the cores (above {args.busy_above:.0%})')
+                discarded.append(m)
             batch.append(m)
         measurements += batch
         aggregates[config.label] = aggregate(batch)
@@ -595,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         'targets': {'duplicate_ratio': TARGET_DUPLICATE_RATIO, 'store_operations_per_page': TARGET_OPS_PER_PAGE},
         'aggregates': aggregates,
         'measurements': measurements,
+        'discarded_measurements': discarded,
         'tables': {'comparison': comparison, 'runs': per_run, 'timings': timings},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -604,6 +648,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(per_run)
     print('\nTimings (seconds from the start of the first process):\n')
     print(timings)
+    versions = {(m['git_commit'], tuple(m['src_uncommitted_changes'])) for m in measurements}
+    if len(versions) > 1:
+        print(f'\nWARNING: src/ changed during the benchmark: {len(versions)} versions measured (see the JSON).')
     problem_lines = [f'- {label}: {"; ".join(agg["problems"])}' for label, agg in aggregates.items() if agg['problems']]
     if problem_lines:
         print('\nProblems:\n' + '\n'.join(problem_lines))
