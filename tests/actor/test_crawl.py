@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from src.demo.site import (
     serve_site,
 )
 from src.shared_map import SharedMap, open_store
+from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,3 +232,34 @@ async def test_max_crawl_depth_holds_across_runs(site: RunningSite, tmp_path: Pa
     summaries = outputs(storage)
     assert all(s['pagesProcessed'] > 0 for s in summaries)
     assert sum(s['handedOver'] for s in summaries) > 0, 'URLs crossed between runs, with their depth'
+
+
+@pytest.mark.skipif(not os.environ.get('TEST_POSTGRES_CTL'), reason='needs the test PostgreSQL server (make test)')
+async def test_the_crawl_goes_on_while_the_shared_database_is_down(tmp_path: Path) -> None:
+    ctl = shlex.split(os.environ['TEST_POSTGRES_CTL'])
+    site = serve_site(300, delay_secs=0.03)
+    try:
+        async with fresh_database() as connection:
+            storage = tmp_path / 'storage'
+            actor_input = crawl_input(site, parallelRuns=2, sharedStorageConnection=connection, deadRunTimeoutSecs=30)
+            parent = start_actor(storage, actor_input)
+            deadline = time.monotonic() + 60
+            while site.stats.snapshot()['fetches'] < 50 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(subprocess.run, [*ctl, '-m', 'fast', 'stop'], check=True, capture_output=True)
+            down_at = site.stats.snapshot()['fetches']
+            await asyncio.sleep(3)
+            during = site.stats.snapshot()['fetches'] - down_at
+            options = os.environ['TEST_POSTGRES_OPTIONS']
+            await asyncio.to_thread(
+                subprocess.run, [*ctl, '-w', '-o', options, 'start'], check=True, capture_output=True
+            )
+            code, log = await asyncio.to_thread(finish, parent, storage)
+        assert code == 0, log[-3000:]
+        assert during > 10, 'the runs kept crawling on local state while the database was down'
+        assert 'Sharing the crawl state failed, will retry' in log
+        stats = site.stats.snapshot()
+        assert stats['distinct'] == site.pages, 'syncs resumed and the crawl finished'
+        assert stats['duplicates'] <= 10
+    finally:
+        site.stop()
