@@ -226,7 +226,7 @@ async def test_records_stay_under_max_record_bytes_whatever_the_characters(api: 
             shared[f'{i}' + '\U0001f600' * 40] = 'processed'
     else:
         for i in range(6):
-            shared[f'k{i}'] = 'é' * (limit // 16 - 1) + str(i)
+            shared[f'k{i}'] = 'é' * (limit // 32 - 1) + str(i)  # the longest value allowed
     await shared.sync()
     assert 0 < api.largest_record <= limit
     fresh = SharedMap(await open_store(api), run_id='fresh')
