@@ -20,6 +20,12 @@ pages/s = distinct pages / wall time, duplicate fetch ratio = duplicates / disti
 sum of the runs' storeOperations / distinct pages, and whether every page was crawled (distinct == pages).
 `--extra N:S` adds shared measurements at other sync intervals (default: 3 runs at 5 s).
 
+The crawl is CPU-bound on a small machine, so other work slows it (crawlee's autoscaled pool even drops to one
+request at a time when the CPU is overloaded). Each measurement therefore records the CPU seconds of the runs, of
+the site and of everything else on the machine (from /proc/stat); before each one the benchmark waits (up to
+`--quiet-wait` seconds) until other work uses at most `--quiet-below` of the cores, and it measures again (up to
+`--busy-retries` times; the discarded ones stay in the JSON) when other work used more than `--busy-above` of them.
+
 The Markdown tables go to stdout, progress to stderr, the raw numbers to the JSON file (`--out`), and every run's log
 to `<out dir>/crawler-logs/<measurement>/`.
 """
