@@ -3,6 +3,7 @@
     python -m bench.stress_shared_map load --backend fs --procs 16 --seconds 60
     scripts/with-postgres.sh .venv/bin/python -m bench.stress_shared_map load --backend postgres --procs 16
     python -m bench.stress_shared_map kill --backend fs --iterations 20 --seed 1
+    python -m bench.stress_shared_map restarts --backend sqlite --seeds 50
 
 `load`: N workers write tens of thousands of entries each and sync every ~100 ms; then it checks that nothing was
 lost (a fresh load against the merge rule applied to every synced operation), that all replicas converged, and
@@ -30,7 +31,15 @@ from crawlee import service_locator
 
 from src.shared_map import SharedMap, open_store
 from tests.conftest import fresh_database
-from tests.shared_map.harness import ABSENT, expected_owned, load_fresh, read_journal, start_worker, wait_all
+from tests.shared_map.harness import (
+    ABSENT,
+    expected_owned,
+    kill_and_restart_rounds,
+    load_fresh,
+    read_journal,
+    start_worker,
+    wait_all,
+)
 
 
 @contextlib.asynccontextmanager
@@ -192,6 +201,42 @@ async def run_kill(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def run_restarts(args: argparse.Namespace) -> dict[str, Any]:
+    """Seeds of `kill_and_restart_rounds` (the test of issue #8), each in a fresh store; every lost entry reported."""
+    per_seed: list[dict[str, Any]] = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix='stress-restarts-') as tmp:
+            async with backend_connection(args.backend, Path(tmp)) as connection:
+                try:
+                    rounds = await kill_and_restart_rounds(connection, Path(tmp), seed=seed, rounds=args.rounds)
+                    error = None
+                except Exception as exc:  # loading must never fail: record it
+                    rounds, error = [], repr(exc)
+        per_seed.append(
+            {
+                'seed': seed,
+                'error': error,
+                'rounds': len(rounds),
+                'restarts': sum(r['restarts'] for r in rounds),
+                'checked': sum(r['checked'] for r in rounds),
+                'lost': [entry for r in rounds for entry in r['lost']],
+                'seconds': round(time.monotonic() - started, 1),
+            }
+        )
+        print(json.dumps({k: v if k != 'lost' else len(v) for k, v in per_seed[-1].items()}), flush=True)
+    return {
+        'backend': args.backend,
+        'seeds': len(per_seed),
+        'rounds_per_seed': args.rounds,
+        'restarts': sum(s['restarts'] for s in per_seed),
+        'entries_checked': sum(s['checked'] for s in per_seed),
+        'lost': sum(len(s['lost']) for s in per_seed),
+        'errors': sum(1 for s in per_seed if s['error']),
+        'per_iteration': per_seed,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -206,10 +251,16 @@ def main() -> None:
     kill.add_argument('--backend', choices=['fs', 'sqlite', 'postgres'], default='fs')
     kill.add_argument('--iterations', type=int, default=20)
     kill.add_argument('--seed', type=int, default=1)
-    for command in (load, kill):
+    restarts = sub.add_parser('restarts', help='kill -9 and restart under the same run ids, many seeds (issue #8)')
+    restarts.add_argument('--backend', choices=['fs', 'sqlite', 'postgres'], default='fs')
+    restarts.add_argument('--seeds', type=int, default=50)
+    restarts.add_argument('--first-seed', type=int, default=1)
+    restarts.add_argument('--rounds', type=int, default=4)
+    for command in (load, kill, restarts):
         command.add_argument('--out', type=Path, help='write the result as JSON here too')
     args = parser.parse_args()
-    result = asyncio.run(run_load(args) if args.command == 'load' else run_kill(args))
+    runner = {'load': run_load, 'kill': run_kill, 'restarts': run_restarts}[args.command]
+    result = asyncio.run(runner(args))
     summary = {k: v for k, v in result.items() if k != 'per_iteration'}
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -2,7 +2,12 @@
 
 Every record is compact JSON (ASCII-only, so its length in characters is its size in bytes) stored as
 `application/octet-stream`, so that no storage client re-encodes it. Every record carries
-`{"format": "apify-shared-map", "version": 1, "kind": ...}`; see `docs/sync-protocol.md`.
+`{"format": "apify-shared-map", "version": 2, "kind": ...}`; see `docs/sync-protocol.md`.
+
+Version 2 put an *incarnation* (drawn at every start of a run) into log keys: `SM.L.<run>.<incarnation>.<seq>`.
+Version 1 logs (`SM.L.<run>.<seq>`) are still read: their writer is the run alone. Logs, manifests' `covers` and
+the map's merged set are all keyed by *writer* (`<run>` or `<run>.<incarnation>`), so a restarted run can never
+reuse a log identity, whatever it managed to read at start-up.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from typing import Any, Literal
 from ._errors import UnsupportedFormatError
 
 FORMAT_NAME = 'apify-shared-map'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONTENT_TYPE = 'application/octet-stream'
 
 RecordKind = Literal['log', 'part', 'manifest', 'lease', 'run']
 
 # Characters our record keys use: a subset of the platform's `[a-zA-Z0-9!\-_.'()]` that no storage client escapes.
 NAME_PATTERN = re.compile(r'^[A-Za-z0-9_-]{1,64}$')
+INCARNATION_PATTERN = re.compile(r'^[0-9a-z]{1,24}$')
 PLATFORM_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9!\-_.'()]{1,256}$")
 
 #: The value that "enqueued" entries carry; it never replaces a value already present when merging.
@@ -103,6 +109,17 @@ class SeqSet:
 
 
 Covers = dict[str, SeqSet]
+"""Log records by writer (`<run>` for version-1 logs, `<run>.<incarnation>` since version 2) -> their seqs."""
+
+
+def writer_id(run: str, incarnation: str) -> str:
+    """The identity of one incarnation of a run: what its log keys and `covers` entries are named by."""
+    return f'{run}.{incarnation}'
+
+
+def run_of(writer: str) -> str:
+    """The run a writer (a run, or one incarnation of it) belongs to."""
+    return writer.split('.', 1)[0]
 
 
 def covers_subset(a: Covers, b: Covers) -> bool:
@@ -126,8 +143,8 @@ class Keys:
 
     prefix: str
 
-    def log(self, run: str, seq: int) -> str:
-        return f'{self.prefix}.L.{run}.{seq:010d}'
+    def log(self, writer: str, seq: int) -> str:
+        return f'{self.prefix}.L.{writer}.{seq:010d}'
 
     def manifest(self, gen: int, run: str, nonce: str) -> str:
         return f'{self.prefix}.M.{gen:010d}.{run}.{nonce}'
@@ -155,12 +172,20 @@ class Keys:
             return 'LEASE', []
         kind, _, fields = rest.partition('.')
         parts = fields.split('.')
-        expected = {'L': 2, 'M': 3, 'P': 4, 'R': 1}.get(kind)
+        if kind == 'L':  # `<run>.<seq>` (version 1) or `<run>.<incarnation>.<seq>`
+            if len(parts) == 3 and not INCARNATION_PATTERN.match(parts[1]):
+                return None
+            return (kind, parts) if len(parts) in (2, 3) and parts[-1].isdigit() else None
+        expected = {'M': 3, 'P': 4, 'R': 1}.get(kind)
         if expected is None or len(parts) != expected:
             return None
-        if kind in 'LMP' and not parts[0 if kind != 'L' else 1].isdigit():
+        if kind in 'MP' and not parts[0].isdigit():
             return None
         return kind, parts
+
+    def log_writer(self, fields: list[str]) -> tuple[str, int]:
+        """The writer and seq of a log key's fields (as `classify` returns them)."""
+        return '.'.join(fields[:-1]), int(fields[-1])
 
 
 def manifest_time_ms(manifest_key: str) -> int | None:

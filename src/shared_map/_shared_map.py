@@ -23,7 +23,7 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +48,8 @@ from ._records import (
     envelope,
     loads,
     manifest_time_ms,
+    run_of,
+    writer_id,
 )
 from ._stats import RunStats, SyncResult
 
@@ -62,6 +64,15 @@ logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 _READ_RETRIES = 3
+# initialize() re-reads this often (with growing pauses, ~7 s in all) before it gives up on a store that keeps
+# changing under it; a map must never start from a partial read.
+_INIT_ATTEMPTS = 9
+# A record listed but missing this many times, over at least this long, is a ghost: a delete interrupted by a crash
+# (crawlee's file-system client removes the value file, then the metadata file). See docs/sync-protocol.md.
+_GHOST_AFTER_MISSES = 3
+_GHOST_AFTER_SECS = 1.0
+# Integers beyond this do not survive JSON in JavaScript (and above 4,300 digits not even in Python).
+_MAX_INT = 2**1024
 
 
 class _Sentinel:
@@ -101,6 +112,10 @@ def _check_value(value: Any, depth: int = 0) -> None:
     """Refuse, at set time, a value that would not round-trip through JSON unchanged."""
     cls = value.__class__
     if cls in _SCALAR_TYPES:
+        if cls is int and not -_MAX_INT < value < _MAX_INT:
+            raise ValueError(
+                f'Shared-map integers must be below 2**1024 in size; got one of {value.bit_length()} bits.'
+            )
         return
     if cls is float:
         if not math.isfinite(value):
@@ -265,6 +280,7 @@ class SharedMap(dict[str, Any]):
         run_record_interval_secs: float = 30.0,
         orphan_age_secs: float = 3600.0,
         heartbeat_secs: float | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         """Create a map on `store`; call `initialize()` (or use `async with`) before using it.
 
@@ -282,6 +298,8 @@ class SharedMap(dict[str, Any]):
             orphan_age_secs: Snapshot parts with no manifest are deleted once this old (a compaction that died).
             heartbeat_secs: If set, a sync with nothing to publish still writes an (empty) record this often, so
                 other runs can tell this run is alive (`live_runs()`).
+            clock: The wall clock, in milliseconds since the epoch, that stamps and lease expiries come from
+                (default: `time.time()`); tests inject a skewed one.
         """
         super().__init__()
         run_id = (
@@ -302,7 +320,12 @@ class SharedMap(dict[str, Any]):
 
         self.stats = RunStats()
         self._store = _CountedStore(store, self.stats)
+        self._now = clock or _now_ms
         self.run_id = run_id
+        # Drawn at every start: a restarted run (same run id) writes logs under a new identity, so it can never
+        # reuse a log key whatever it managed to read, and readers never mistake a new log for one they merged.
+        self.incarnation = f'{self._now():x}{secrets.token_hex(3)}'
+        self._writer = writer_id(run_id, self.incarnation)
         self._keys = Keys(prefix)
         self._record_size = record_size
         self._max_record_bytes = max_record_bytes
@@ -331,8 +354,11 @@ class SharedMap(dict[str, Any]):
         self._manifests: dict[str, Manifest] = {}
         self._bad: set[str] = set()
         self._next_seq = 1
+        # Listed records found missing: key -> (first miss, on the monotonic clock; misses). Ghosts are ignored.
+        self._misses: dict[str, tuple[float, int]] = {}
+        self._ghosts: set[str] = set()
 
-        self._started_at = _now_ms()
+        self._started_at = self._now()
         self._last_run_record = 0.0
         self._initialized = False
         self._closed = False
@@ -406,9 +432,21 @@ class SharedMap(dict[str, Any]):
         for key in listing.legacy_state:
             await self._load_seed_record(key, initial=False)
         result = SyncResult()
-        await self._read_phase(listing, result)
-        own = [seq for run, seq in listing.logs.values() if run == self.run_id]
-        self._next_seq = max([*own, self._had.get(self.run_id, SeqSet()).max()]) + 1
+        for attempt in range(_INIT_ATTEMPTS):
+            await self._read_phase(listing, result)
+            if self._caught_up(result):
+                break
+            # A record vanished under the read (a compaction superseded it): re-list until the state is whole, so the
+            # map never starts partial (it would re-crawl what others did, and its clock could lag its own stamps).
+            result.records_missing = 0
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+            listing = await self._list()
+        else:
+            self.stats.add(result, is_sync=False)
+            raise SyncError(
+                f'Shared map {self._keys.prefix!r}: the store kept changing under the initial read '
+                f'({_INIT_ATTEMPTS} attempts); nothing was changed. Try again.'
+            )
         self.stats.add(result, is_sync=False)
         self._initialized = True
         logger.info(
@@ -654,7 +692,7 @@ class SharedMap(dict[str, Any]):
         now = time.monotonic()
         written = body.get('writtenAt')
         # An old record (e.g. read at initialize) means an older sighting; clocks differ, so never in the future.
-        age = max(0.0, (_now_ms() - written) / 1000) if isinstance(written, int) else 0.0
+        age = max(0.0, (self._now() - written) / 1000) if isinstance(written, int) else 0.0
         seen = now - age
         previous = self._runs_seen.get(run)
         finished = body.get('final') is True or (previous is not None and previous[1] and previous[0] >= seen)
@@ -714,8 +752,14 @@ class SharedMap(dict[str, Any]):
 
     def _tick(self) -> int:
         """A stamp for a new record: the wall clock, but above every stamp seen (hybrid logical clock)."""
-        self._clock = max(_now_ms(), self._clock + 1)
+        self._clock = max(self._now(), self._clock + 1)
         return self._clock
+
+    def _caught_up(self, result: SyncResult) -> bool:
+        """Whether the last read saw every record it listed, and every readable snapshot it lacks is loaded."""
+        return not result.records_missing and all(
+            covers_subset(m.covers, self._had) for m in self._manifests.values() if m.key not in self._bad
+        )
 
     async def _write_phase(self, result: SyncResult, *, final: bool = False) -> None:
         heartbeat_due = (
@@ -724,33 +768,38 @@ class SharedMap(dict[str, Any]):
         if not self._dirty and not heartbeat_due and not final:
             return
         pending, self._dirty = self._dirty, {}
-        # An empty record still says "this run is alive" (or, with `final`, "this run is done") to the others.
-        chunks = list(self._chunks((key, value, 0) for key, value in pending.items())) or [_Chunk()]
-        for index, chunk in enumerate(chunks):
-            # Each record gets its own, larger stamp: a reader then merges each one wholesale (the "newest" path).
-            stamp = self._tick()
-            chunk.restamp(stamp)
-            seq = self._next_seq
-            # Never reuse a key: a failed write may still have landed, and records are immutable.
-            self._next_seq += 1
-            is_final = final and index == len(chunks) - 1
-            body = dumps(
-                envelope('log', run=self.run_id, seq=seq, writtenAt=_now_ms(), final=is_final, **chunk.body_fields()),
-            )
-            try:
-                body = await self._put(self._keys.log(self.run_id, seq), body)
-            except BaseException:  # also a cancellation: the changes stay pending, never dropped
-                for unwritten in chunks[index:]:
-                    for key in unwritten.keys:
-                        self._dirty.setdefault(key, pending[key])  # A newer local change wins.
-                raise
-            self._had.setdefault(self.run_id, SeqSet()).add(seq)
-            self._last_log_written = time.monotonic()
-            for key in chunk.keys:
-                self._mark_published(key, pending[key], stamp)
-            result.records_written += 1
-            result.bytes_written += len(body)
-            result.entries_written += len(chunk.keys)
+        written: set[str] = set()
+        try:
+            # An empty record still says "this run is alive" (or, with `final`, "this run is done") to the others.
+            chunks = list(self._chunks((key, value, 0) for key, value in pending.items())) or [_Chunk()]
+            for index, chunk in enumerate(chunks):
+                # Each record gets its own, larger stamp: a reader then merges each one wholesale (the "newest" path).
+                stamp = self._tick()
+                chunk.restamp(stamp)
+                seq = self._next_seq
+                # Never reuse a key: a failed write may still have landed, and records are immutable.
+                self._next_seq += 1
+                is_final = final and index == len(chunks) - 1
+                fields = chunk.body_fields()
+                body = dumps(
+                    envelope('log', run=self.run_id, seq=seq, writtenAt=self._now(), final=is_final, **fields),
+                )
+                body = await self._put(self._keys.log(self._writer, seq), body)
+                self._had.setdefault(self._writer, SeqSet()).add(seq)
+                self._last_log_written = time.monotonic()
+                for key in chunk.keys:
+                    self._mark_published(key, pending[key], stamp)
+                written.update(chunk.keys)
+                result.records_written += 1
+                result.bytes_written += len(body)
+                result.entries_written += len(chunk.keys)
+        except BaseException:
+            # Whatever failed (the store, encoding, a cancellation), every change not written stays pending; a newer
+            # local change made meanwhile wins over the one that was being written.
+            for key, value in pending.items():
+                if key not in written:
+                    self._dirty.setdefault(key, value)
+            raise
 
     def _mark_published(self, key: str, value: Any, stamp: int) -> None:
         if value is _DELETED:
@@ -802,8 +851,10 @@ class SharedMap(dict[str, Any]):
                     listing.legacy_state.append(key)
                 continue
             kind, fields = parsed
+            if key in self._ghosts:
+                continue
             if kind == 'L':
-                listing.logs[key] = (fields[0], int(fields[1]))
+                listing.logs[key] = self._keys.log_writer(fields)
                 listing.log_bytes += meta.size or 0
             elif kind == 'M':
                 listing.manifests.append(key)
@@ -821,7 +872,7 @@ class SharedMap(dict[str, Any]):
         if raw is None:
             if await self._store.record_exists(key):
                 self._skip_bad(key, 'the storage client could not decode it', result)
-            else:
+            elif kind == 'lease' or not self._is_ghost(key):
                 result.records_missing += 1
             return None
         try:
@@ -835,6 +886,27 @@ class SharedMap(dict[str, Any]):
         result.bytes_read += len(raw) if isinstance(raw, (bytes, bytearray)) else 0
         return body
 
+    def _is_ghost(self, key: str) -> bool:
+        """Count a listed record found missing; once it stays missing, it is a ghost and ignored from then on.
+
+        A record is deleted only once a complete snapshot holds its content (logs) or supersedes it (manifests,
+        parts), so a delete that a crash left half done loses nothing by being ignored.
+        """
+        now = time.monotonic()
+        first, misses = self._misses.get(key, (now, 0))
+        if misses + 1 >= _GHOST_AFTER_MISSES and now - first >= _GHOST_AFTER_SECS:
+            del self._misses[key]
+            self._ghosts.add(key)
+            logger.warning(
+                'Shared map: record %r is listed but has had no value for %.1f s (a delete interrupted by a crash?). '
+                'It is ignored; nothing it held is lost.',
+                key,
+                now - first,
+            )
+            return True
+        self._misses[key] = (first, misses + 1)
+        return False
+
     def _skip_bad(self, key: str, reason: str, result: SyncResult) -> None:
         self._bad.add(key)
         result.records_skipped += 1
@@ -843,16 +915,16 @@ class SharedMap(dict[str, Any]):
     async def _read_phase(self, listing: _Listing, result: SyncResult) -> None:
         # 1. Log records not merged yet (in key order: each run's in the order it wrote them).
         for key in sorted(listing.logs):
-            run, seq = listing.logs[key]
-            had = self._had.get(run)
+            writer, seq = listing.logs[key]
+            had = self._had.get(writer)
             if had is not None and seq in had:
                 continue
             body = await self._fetch(key, 'log', result)
             if body is None:
                 continue
             self._merge_body(body, result)
-            self._had.setdefault(run, SeqSet()).add(seq)
-            self._saw_run(run, body)
+            self._had.setdefault(writer, SeqSet()).add(seq)
+            self._saw_run(run_of(writer), body)
 
         # 2. Snapshots: load one only if it covers log records this run has not merged (deleted before it read them).
         listed = set(listing.manifests)
@@ -876,9 +948,9 @@ class SharedMap(dict[str, Any]):
         for part in manifest.parts:
             body = await self._fetch(part, 'part', result)
             if body is None:
-                if part in self._bad:
+                if part in self._bad or part in self._ghosts:
                     self._skip_bad(manifest.key, f'its part {part} is unreadable', result)
-                # A missing part: a newer snapshot superseded this one meanwhile; the next sync loads that.
+                # A missing part: a newer snapshot superseded this one meanwhile; a new listing finds that one.
                 # What was merged from the other parts stays: every entry in them is a valid entry.
                 return
             self._merge_body(body, result)
@@ -1015,6 +1087,7 @@ class SharedMap(dict[str, Any]):
                     dict.pop(self, key, None)
                     self._tombstones[key] = stamp
                 else:
+                    self._tombstones.pop(key, None)  # the restored value is the key's one authoritative entry
                     dict.__setitem__(self, key, value)
                     self._stamps[key] = stamp
 
@@ -1022,11 +1095,7 @@ class SharedMap(dict[str, Any]):
 
     async def _maybe_compact(self, listing: _Listing, result: SyncResult) -> None:
         due = len(listing.logs) >= self._compact_after_records or listing.log_bytes >= self._compact_after_bytes
-        if (
-            not due
-            or result.records_missing
-            or any(not covers_subset(m.covers, self._had) for m in self._manifests.values())
-        ):
+        if not due or not self._caught_up(result):
             return  # Not due, or this run is not caught up (its snapshot would cover less than the store holds).
         lease = await self._acquire_lease()
         result.lease_won = lease is not None
@@ -1043,7 +1112,7 @@ class SharedMap(dict[str, Any]):
         covers: Covers = {}
         covers_union(covers, self._had)
         gen = max((m.gen for m in self._manifests.values()), default=0) + 1
-        nonce = f'{_now_ms():x}{secrets.token_hex(2)}'
+        nonce = f'{self._now():x}{secrets.token_hex(2)}'
         manifest_key = self._keys.manifest(gen, self.run_id, nonce)
         capture_stamp = self._tick()  # Pending local changes go in with a stamp below their coming log record's.
 
@@ -1071,7 +1140,7 @@ class SharedMap(dict[str, Any]):
             covers=covers,
             entries=entries,
             bytes=total_bytes,
-            written_at=_now_ms(),
+            written_at=self._now(),
             supersedes=[m.key for m in superseded],
         )
         await self._put(manifest_key, dumps(manifest.to_body()))
@@ -1096,7 +1165,7 @@ class SharedMap(dict[str, Any]):
             doomed.extend(old.parts)
             self._manifests.pop(old.key, None)
         listed_manifests = set(listing.manifests) | {manifest_key}
-        now = _now_ms()
+        now = self._now()
         for part_key in listing.parts:
             owner = self._keys.part_manifest(part_key)
             born = manifest_time_ms(owner)
@@ -1148,7 +1217,7 @@ class SharedMap(dict[str, Any]):
     async def _acquire_lease(self) -> Lease | None:
         """Try to take the compaction lease; None if another live run holds it. Never waits for it."""
         current = await self._read_lease()
-        now = _now_ms()
+        now = self._now()
         if current is not None and current.owner != self.run_id and current.expires_at > now:
             return None
         lease = Lease(owner=self.run_id, token=secrets.token_hex(8), expires_at=now + self._lease_ttl_ms)
@@ -1160,9 +1229,9 @@ class SharedMap(dict[str, Any]):
         return lease if current is not None and current.token == lease.token else None
 
     async def _renew_lease(self, lease: Lease) -> Lease:
-        if lease.expires_at - _now_ms() > self._lease_ttl_ms / 2:
+        if lease.expires_at - self._now() > self._lease_ttl_ms / 2:
             return lease
-        renewed = Lease(owner=lease.owner, token=lease.token, expires_at=_now_ms() + self._lease_ttl_ms)
+        renewed = Lease(owner=lease.owner, token=lease.token, expires_at=self._now() + self._lease_ttl_ms)
         await self._store.set_value(self._keys.lease, dumps(renewed.to_body()), content_type=CONTENT_TYPE)
         return renewed
 
@@ -1190,7 +1259,7 @@ class SharedMap(dict[str, Any]):
             'run',
             run=self.run_id,
             startedAt=self._started_at,
-            lastSyncAt=_now_ms(),
+            lastSyncAt=self._now(),
             finished=finished,
             entries=len(self),
             pending=len(self._dirty),

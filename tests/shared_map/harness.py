@@ -6,9 +6,13 @@ to them, so a fresh load of the store can be compared with what must be there.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +105,53 @@ def wait_all(procs: list[subprocess.Popen[bytes]], workdir: Path, timeout: float
             proc.kill()
             raise
         assert code == 0, (workdir / f'stderr-{index}.txt').read_text()[-3000:]
+
+
+async def kill_and_restart_rounds(connection: str, workdir: Path, *, seed: int, rounds: int) -> list[dict[str, Any]]:
+    """Rounds of 3 workers killed with SIGKILL at random moments and restarted under the same run ids.
+
+    Some start late on a slow store while the others compact; keys are many and distinct, so later rounds rarely
+    overwrite what earlier rounds synced. After each round a fresh load must hold every synced entry: each round's
+    report lists every one that it does not (`lost`: key, synced value, value found), and how many were `checked`.
+    """
+    rng = random.Random(seed)
+    count = 3
+    history: dict[int, list[list[Any]]] = {i: [] for i in range(count)}
+    uncertain: set[str] = set()  # keys of batches that may or may not have landed, until a later sync settles them
+    reports: list[dict[str, Any]] = []
+    for round_ in range(rounds):
+        folder = workdir / f'round{round_}'
+        folder.mkdir()
+        procs = [
+            start_worker(
+                connection, folder, i, count, rng.randrange(10**6),
+                '--ops', '0', '--compact-after', '4', '--own-keys', '100000',
+                '--start-delay', f'{rng.choice([0, 0, rng.random() * 1.5]):.2f}',
+                '--read-delay-ms', str(rng.choice([0, 0, 20])),
+            )
+            for i in range(count)
+        ]  # fmt: skip
+        deadline = time.monotonic() + 60
+        # Polls other processes' journal files: no in-process event can tell.
+        while time.monotonic() < deadline and min(len(synced_ops(folder, i)) for i in range(count)) < 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(rng.random())
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            await asyncio.sleep(rng.random() * 0.3)
+        for i in range(count):
+            synced, maybe = read_journal(folder, i)
+            history[i].extend(synced)
+            uncertain -= {key for key, value, _ in synced if key.startswith(f'own-{i}-') and value != 'enqueued'}
+            uncertain |= maybe
+        fresh = await load_fresh(connection)  # loading never fails, whatever the kills left behind
+        lost = []
+        checked = 0
+        for key, value in expected_owned(history).items():
+            if key not in uncertain:
+                checked += 1
+                if fresh.get(key, ABSENT) != value:
+                    lost.append((key, value, fresh.get(key, '<absent>')))
+        reports.append({'round': round_, 'checked': checked, 'lost': lost, 'restarts': count if round_ else 0})
+    return reports

@@ -23,7 +23,7 @@ from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap, SyncError, storage_client_for
-from src.shared_map import _shared_map as shared_map_module
+from tests.shared_map.scripted_store import ScriptedStore
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
 
@@ -64,22 +64,24 @@ async def main() -> None:
     parser.add_argument('--workdir', type=Path, required=True)
     parser.add_argument('--clock-skew-ms', type=int, default=0, help="this process's wall clock is off by this much")
     parser.add_argument('--tolerate-errors', action='store_true', help='a failed sync is retried later, not fatal')
+    parser.add_argument('--start-delay', type=float, default=0, help='start this many seconds late')
+    parser.add_argument('--read-delay-ms', type=float, default=0, help='a slow store while initializing')
     args = parser.parse_args()
-    if args.clock_skew_ms:
-        real_now_ms = shared_map_module._now_ms
-        shared_map_module._now_ms = lambda: real_now_ms() + args.clock_skew_ms
-
     rng = random.Random(args.seed)
+    await asyncio.sleep(args.start_delay)
     storage_client, configuration = storage_client_for(args.connection)
     store = await KeyValueStore.open(name='shared-proc', storage_client=storage_client, configuration=configuration)
+    scripted = ScriptedStore(store, read_delay=args.read_delay_ms / 1000)
     shared = SharedMap(
-        store,
+        scripted.as_store(),
         run_id=f'worker{args.index}',
         compact_after_records=args.compact_after,
         lease_ttl_secs=args.lease_ttl,
         orphan_age_secs=max(4 * args.lease_ttl, 8),
+        clock=lambda: int(time.time() * 1000) + args.clock_skew_ms,
     )
     await shared.initialize()
+    scripted.read_delay = 0
     journal = (args.workdir / f'journal-{args.index}.jsonl').open('a', encoding='utf-8')
     unsynced: list[list[Any]] = []
     done = 0
