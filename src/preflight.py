@@ -9,6 +9,7 @@ module opens it first, without purging, so the earlier results stay and new ones
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from apify import Actor
@@ -49,9 +50,21 @@ async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:
             f'dataset and new ones are added. To start afresh: python -m src.shared_map reset {name} '
             '(or use another sharedStoreName).'
         )
+    elif not crawl_input.is_child and _input_key().startswith('__CLI'):
+        # `apify run` (unless --no-purge) deletes the default dataset itself before starting the actor when the
+        # project has an input schema; nothing the actor does can bring it back.
+        Actor.log.warning(
+            f'Resuming the crawl in shared store "{name}" under `apify run`, with an empty dataset: unless it was '
+            'given --no-purge, the Apify CLI deleted the results of the earlier attempt in this folder before the '
+            'run. Resume with `apify run --no-purge` to keep them.'
+        )
     else:
         Actor.log.info(f'The shared store "{name}" already holds a crawl: continuing it.')
     return True
+
+
+def _input_key() -> str:
+    return os.environ.get('ACTOR_INPUT_KEY') or os.environ.get('APIFY_INPUT_KEY') or ''  # the CLI sets __CLI_INPUT
 
 
 async def _open(crawl_input: CrawlerInput) -> KeyValueStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from src.demo.site import RunningSite, serve_site
 from src.shared_map import InvalidOptionError, open_store
 from tests.actor.test_user_errors import error_lines, run_actor
+
+QUICK = {'syncIntervalSecs': 0.5, 'deadRunTimeoutSecs': 4}  # a small crawl ends at a sync: sync often
 
 
 @pytest.fixture
@@ -74,11 +77,26 @@ async def test_a_fresh_crawl_still_starts_with_an_empty_dataset(site: RunningSit
     stale = storage / 'datasets' / 'default'
     stale.mkdir(parents=True)
     (stale / '000000001.json').write_text(json.dumps({'url': 'https://old.example/'}))
-    actor_input = {'startUrls': [{'url': site.url}], 'sharedStoreName': 'fresh-crawl', 'maxCrawlDepth': 0}
+    actor_input = {'startUrls': [{'url': site.url}], 'sharedStoreName': 'fresh-crawl', 'maxCrawlDepth': 0, **QUICK}
     code, output = await asyncio.to_thread(run_actor, storage, actor_input)
     assert code == 0, output[-3000:]
     assert [json.loads(text)['url'] for text in items(storage).values()] == [site.url]
     assert 'earlier attempts' not in output
+
+
+async def test_a_resume_whose_dataset_apify_run_deleted_says_to_use_no_purge(site: RunningSite, tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    actor_input = {'startUrls': [{'url': site.url}], 'sharedStoreName': 'cli-crawl', 'maxCrawlDepth': 1, **QUICK}
+    code, output = await asyncio.to_thread(run_actor, storage, actor_input)
+    assert code == 0, output[-3000:]
+    # What `apify run` (without --no-purge) does before it starts the actor again: it deletes the default dataset
+    # and hands the input over as __CLI_INPUT.
+    shutil.rmtree(storage / 'datasets' / 'default')
+    code, output = await asyncio.to_thread(
+        run_actor, storage, {**actor_input, 'maxCrawlDepth': 2}, input_key='__CLI_INPUT'
+    )
+    assert code == 0, output[-3000:]
+    assert 'Resume with `apify run --no-purge` to keep them.' in output
 
 
 def test_the_default_store_is_refused_as_shared_store_and_input_survives(tmp_path: Path) -> None:

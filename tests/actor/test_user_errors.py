@@ -15,14 +15,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_actor(storage: Path, actor_input: dict[str, Any] | str, timeout: float = 120) -> tuple[int, str]:
+def run_actor(
+    storage: Path, actor_input: dict[str, Any] | str, timeout: float = 120, input_key: str = 'INPUT'
+) -> tuple[int, str]:
     """Run `python -m src` with its own storage folder (as `apify run` would) and INPUT; exit code and output."""
     input_dir = storage / 'key_value_stores' / 'default'
     input_dir.mkdir(parents=True, exist_ok=True)
     text = actor_input if isinstance(actor_input, str) else json.dumps(actor_input)
-    (input_dir / 'INPUT.json').write_text(text)
+    (input_dir / f'{input_key}.json').write_text(text)
     env = {key: value for key, value in os.environ.items() if not key.startswith(('CRAWLEE_', 'APIFY_', 'ACTOR_'))}
     env |= {'CRAWLEE_STORAGE_DIR': str(storage), 'APIFY_LOCAL_STORAGE_DIR': str(storage), 'NO_COLOR': '1'}
+    if input_key != 'INPUT':
+        env |= {'ACTOR_INPUT_KEY': input_key, 'APIFY_INPUT_KEY': input_key, 'CRAWLEE_INPUT_KEY': input_key}
     # A session of its own, so that a run that does not end in time is killed together with its child runs.
     proc = subprocess.Popen(
         [sys.executable, '-m', 'src'],
