@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connection
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
 KNOWN_FIELDS = {
@@ -62,6 +69,9 @@ class CrawlerInput:
         if not isinstance(raw, dict):
             raise InputError(f'The input must be a JSON object, got {type(raw).__name__}.')
         problems: list[str] = []
+        unknown = sorted(set(raw) - KNOWN_FIELDS)
+        for name, known in _likely_typos(unknown).items():
+            problems.append(f'Unknown input field {name}: did you mean {known}?')
         fields = _Fields(raw, problems)
         start_urls = _start_urls(raw.get('startUrls'), problems)
         parsed = cls(
@@ -78,7 +88,7 @@ class CrawlerInput:
             use_shared_map=fields.boolean('useSharedMap', default=True),
             parent_run_id=fields.string('parentRunId'),
             raw=dict(raw),
-            unknown_fields=sorted(set(raw) - KNOWN_FIELDS),
+            unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )
         if parsed.dead_run_timeout_secs < 2 * parsed.sync_interval_secs:
             problems.append(
@@ -88,6 +98,58 @@ class CrawlerInput:
         if problems:
             raise InputError('Invalid input: ' + ' '.join(problems))
         return parsed
+
+
+def _likely_typos(unknown: list[str]) -> dict[str, str]:
+    """Unknown fields that are close to a known one (`startUrl` -> `startUrls`): a setting the user meant to make."""
+    by_lower = {name.lower(): name for name in KNOWN_FIELDS}
+    typos = {}
+    for name in unknown:
+        match = difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.8)
+        if match:
+            typos[name] = by_lower[match[0]]
+    return typos
+
+
+def exit_if_input_file_is_invalid() -> None:
+    """Print one line naming the broken local INPUT file and exit with status 1 (see `check_local_input_file`)."""
+    try:
+        check_local_input_file()
+    except InputError as exc:
+        print(f'ERROR {exc}', file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def check_local_input_file() -> None:
+    """Check that the local INPUT file, if any, is valid JSON, before `Actor.init()` parses it with a traceback.
+
+    Looks where the Apify SDK reads the input when running locally: `<storage>/key_value_stores/default/<key>.json`
+    (or the file without extension), `<storage>` from `CRAWLEE_STORAGE_DIR`/`APIFY_LOCAL_STORAGE_DIR` (default
+    `./storage`), `<key>` from `ACTOR_INPUT_KEY`/`APIFY_INPUT_KEY`/`CRAWLEE_INPUT_KEY` (default `INPUT`).
+
+    Raises:
+        InputError: naming the file and the line and column of the first syntax error.
+    """
+    if os.environ.get('APIFY_IS_AT_HOME') in ('1', 'true'):
+        return  # on the platform the input comes from the API, already validated against the input schema
+    env = os.environ
+    storage = env.get('CRAWLEE_STORAGE_DIR') or env.get('APIFY_LOCAL_STORAGE_DIR') or './storage'
+    key = env.get('ACTOR_INPUT_KEY') or env.get('APIFY_INPUT_KEY') or env.get('CRAWLEE_INPUT_KEY') or 'INPUT'
+    folder = Path(storage) / 'key_value_stores' / 'default'
+    for path in (folder / f'{key}.json', folder / key):
+        if not path.is_file():
+            continue
+        try:
+            json.loads(path.read_bytes().decode('utf-8'))
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f'Invalid input: {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON.'
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                f'Invalid input: {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. '
+                'Fix that file (e.g. a trailing comma, or a missing quote) and run again.'
+            ) from None
 
 
 def _start_urls(value: object, problems: list[str]) -> list[str]:
@@ -165,6 +227,13 @@ class _Fields:
         value = self.string(name)
         if value is None:
             return default
+        if value in RESERVED_STORE_NAMES:
+            self._problems.append(
+                f'{name} "{value}" is not allowed: crawlee purges the default key-value store when a run starts, so '
+                "runs sharing it would delete each other's INPUT and state. Use another name, e.g. "
+                '"shared-crawl-state".'
+            )
+            return default
         if not STORE_NAME.match(value):
             self._problems.append(
                 f'{name} "{value:.80}" is not a valid store name: use 1-63 characters a-z, 0-9 and inner hyphens.'
@@ -174,10 +243,18 @@ class _Fields:
 
     def connection(self, name: str) -> str | None:
         value = self.string(name)
-        if value is not None and not value.startswith(('file:///', 'sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+        if value is None:
+            return None
+        if not value.startswith(('file:///', 'sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+            shown = value.split('@')[-1]  # what precedes a host may be a password: never show it
             self._problems.append(
-                f'{name} "{value:.80}" is not supported: use file:///absolute/path, sqlite+aiosqlite:///file.db '
+                f'{name} "{shown:.80}" is not supported: use file:///absolute/path, sqlite+aiosqlite:///file.db '
                 'or postgresql+asyncpg://user:password@host/database, or leave it empty for the default storage.'
             )
+            return None
+        try:
+            check_connection(value)
+        except InvalidOptionError as exc:
+            self._problems.append(f'{name}: {exc}')
             return None
         return value

@@ -16,16 +16,19 @@ from crawlee import ConcurrencySettings
 from crawlee.crawlers import BeautifulSoupCrawler
 
 from .fanout import SUMMARY_PREFIX, ChildRun, fan_out, summary_table
-from .input import CrawlerInput, InputError
+from .input import CrawlerInput, InputError, exit_if_input_file_is_invalid
+from .preflight import prepare_shared_store
 from .routes import router
 from .shared_map import SharedMap, SharedRequestManager
 
 
 async def main() -> None:
     """Crawl the start URLs; with `parallelRuns` > 1, together with that many runs in total."""
+    exit_if_input_file_is_invalid()  # Actor.init() would fail on a broken INPUT.json with a long traceback
     async with Actor:
         try:
             crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
+            await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
         except InputError as exc:
             Actor.log.error(str(exc))
             await Actor.fail(status_message=str(exc))

@@ -3,7 +3,14 @@
 Self-contained: copy this folder into another actor. The sync protocol is in `docs/sync-protocol.md`.
 """
 
-from ._backends import open_store, storage_client_for
+from ._backends import (
+    RESERVED_STORE_NAMES,
+    StoreUnavailableError,
+    check_connection,
+    check_store_name,
+    open_store,
+    storage_client_for,
+)
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
 from ._records import ENQUEUED, FORMAT_VERSION
 from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats, map_key
@@ -15,6 +22,7 @@ __all__ = [
     'FAILED',
     'FORMAT_VERSION',
     'PROCESSED',
+    'RESERVED_STORE_NAMES',
     'SKIPPED',
     'InvalidOptionError',
     'RunStats',
@@ -22,10 +30,13 @@ __all__ = [
     'SharedMapError',
     'SharedRequestManager',
     'SharingStats',
+    'StoreUnavailableError',
     'SyncError',
     'SyncMode',
     'SyncResult',
     'UnsupportedFormatError',
+    'check_connection',
+    'check_store_name',
     'map_key',
     'open_store',
     'storage_client_for',

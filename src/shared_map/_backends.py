@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._errors import InvalidOptionError
+from ._errors import InvalidOptionError, SharedMapError
 
 if TYPE_CHECKING:
     from crawlee.configuration import Configuration
@@ -13,6 +14,78 @@ if TYPE_CHECKING:
 CONNECTION_HELP = (
     'use file:///absolute/path, sqlite+aiosqlite:///file.db or postgresql+asyncpg://user:password@host/database'
 )
+# Names under which crawlee opens a run's own, unnamed key-value store: it purges that store when a run starts
+# (INPUT and OUTPUT included), so a shared store must never be one of them.
+RESERVED_STORE_NAMES = frozenset({'default', '__default__'})
+CONNECT_TIMEOUT_SECS = 30.0
+
+
+class StoreUnavailableError(SharedMapError):
+    """The backend that a connection string names cannot be reached; the message says which host and why."""
+
+
+def check_store_name(name: str | None) -> str:
+    """Return `name` if a shared store may use it.
+
+    Raises:
+        InvalidOptionError: for None, `default` or `__default__`: crawlee treats those as the run's own default
+            store and purges it on start, so two runs sharing it would delete each other's INPUT and state.
+    """
+    if name is None or name.strip().lower() in RESERVED_STORE_NAMES:
+        shown = 'the default store' if name is None else f'"{name}"'
+        raise InvalidOptionError(
+            f'The shared store cannot be {shown}: crawlee purges the default key-value store when a run starts '
+            '(its INPUT and OUTPUT included). Give the shared store its own name, e.g. "shared-crawl-state".'
+        )
+    return name
+
+
+def describe_connection(connection: str) -> str:
+    """The connection string without its password, plus host and port for a database (for messages and logs)."""
+    if connection.startswith('file://'):
+        return connection
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(connection)
+    except ArgumentError:
+        return connection.split('@')[-1]  # never show what precedes the host: it may hold a password
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == 'sqlite':
+        return shown
+    port = url.port or {'postgresql': 5432}.get(url.get_backend_name())
+    return f'{shown} (host {url.host or "localhost"}, port {port})'
+
+
+def _sqlite_file(connection: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(connection).database
+    if not database or database == ':memory:' or database.startswith('file:'):
+        return None
+    return Path(database)
+
+
+def check_connection(connection: str) -> None:
+    """Check a connection string without opening anything.
+
+    Raises:
+        InvalidOptionError: for a connection string of an unknown kind, a relative `file://` path, or a SQLite file
+            in a folder that does not exist (SQLite would fail later with "unable to open database file").
+    """
+    if connection.startswith('file://'):
+        if not Path(connection.removeprefix('file://')).is_absolute():
+            raise InvalidOptionError(f'Storage connection {connection!r} needs an absolute path; {CONNECTION_HELP}.')
+        return
+    if not connection.startswith(('sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+        raise InvalidOptionError(f'Unknown storage connection {describe_connection(connection)!r}: {CONNECTION_HELP}.')
+    sqlite_file = _sqlite_file(connection) if connection.startswith('sqlite') else None
+    if sqlite_file is not None and not sqlite_file.resolve().parent.is_dir():
+        raise InvalidOptionError(
+            f'The folder {sqlite_file.resolve().parent} for the SQLite file of {connection!r} does not exist: '
+            'create it, or fix the path (sqlite+aiosqlite:////absolute/path/file.db).'
+        )
 
 
 def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Configuration | None]:
@@ -25,33 +98,77 @@ def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Co
             crawlee's SQL client, so runs on several machines can share one database.
 
     Raises:
-        InvalidOptionError: for a connection string of an unknown kind.
+        InvalidOptionError: for a connection string of an unknown kind, or a SQLite file in a missing folder.
     """
     if connection is None:
         return None, None
+    check_connection(connection)
     if connection.startswith('file://'):
         from crawlee.configuration import Configuration
         from crawlee.storage_clients import FileSystemStorageClient
 
-        path = Path(connection.removeprefix('file://'))
-        if not path.is_absolute():
-            raise InvalidOptionError(f'Storage connection {connection!r} needs an absolute path; {CONNECTION_HELP}.')
-        return FileSystemStorageClient(), Configuration(storage_dir=str(path))
-    if connection.startswith(('sqlite+aiosqlite://', 'postgresql+asyncpg://')):
-        from crawlee.storage_clients import SqlStorageClient
+        return FileSystemStorageClient(), Configuration(storage_dir=str(Path(connection.removeprefix('file://'))))
+    from crawlee.storage_clients import SqlStorageClient
 
-        return SqlStorageClient(connection_string=connection), None
-    raise InvalidOptionError(f'Unknown storage connection {connection!r}: {CONNECTION_HELP}.')
+    return SqlStorageClient(connection_string=connection), None
 
 
-async def open_store(name: str, *, connection: str | None = None) -> KeyValueStore:
+async def open_store(
+    name: str, *, connection: str | None = None, configuration: Configuration | None = None
+) -> KeyValueStore:
     """Open the named key-value store on the backend that `connection` names (see `storage_client_for`).
 
     Args:
-        name: Store name: `a-z`, `0-9` and inner hyphens (crawlee's rule for named storages).
+        name: Store name: `a-z`, `0-9` and inner hyphens (crawlee's rule for named storages); not `default`.
         connection: Where the store lives; None for the default storage client.
+        configuration: A crawlee configuration to open it with instead of the default one (e.g. one with
+            `purge_on_start=False`); for `file://` connections its storage folder is replaced by the connection's.
+
+    Raises:
+        InvalidOptionError: for a name crawlee purges (`default`) or a bad connection string.
+        StoreUnavailableError: when the backend cannot be reached within 30 s; the message names the host and
+            port (never the password) and the reason.
     """
     from crawlee.storages import KeyValueStore
 
-    storage_client, configuration = storage_client_for(connection)
-    return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
+    check_store_name(name)
+    storage_client, connection_configuration = storage_client_for(connection)
+    if configuration is not None and connection_configuration is not None:
+        configuration = configuration.model_copy(update={'storage_dir': connection_configuration.storage_dir})
+    configuration = configuration or connection_configuration
+    try:
+        return await asyncio.wait_for(
+            KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration),
+            CONNECT_TIMEOUT_SECS,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise _unavailable(connection, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(('sqlalchemy', 'asyncpg', 'aiosqlite', 'sqlite3')):
+            raise _unavailable(connection, exc) from exc
+        raise
+
+
+def _unavailable(connection: str | None, exc: BaseException) -> StoreUnavailableError:
+    where = describe_connection(connection) if connection else 'the default storage'
+    reason = f'no answer within {CONNECT_TIMEOUT_SECS:g} s' if isinstance(exc, TimeoutError) else str(exc)
+    reason = reason.strip().splitlines()[0][:300] if reason.strip() else type(exc).__name__
+    password = _password(connection)
+    if password:
+        reason = reason.replace(password, '***')
+    return StoreUnavailableError(
+        f'Cannot open the shared store at {where}: {reason}. Check that the server runs and that the host, port, '
+        'user and database in the connection string are right.'
+    )
+
+
+def _password(connection: str | None) -> str | None:
+    if not connection or connection.startswith('file://'):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(connection).password
+    except ArgumentError:
+        return None

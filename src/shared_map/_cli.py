@@ -4,38 +4,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._backends import storage_client_for
-from ._errors import SharedMapError
+from crawlee.storage_clients import FileSystemStorageClient, SqlStorageClient
+from crawlee.storages import KeyValueStore
+
+from ._backends import check_connection, check_store_name, describe_connection
+from ._errors import InvalidOptionError, SharedMapError
 from ._records import Keys
 from ._shared_map import SharedMap
-
-if TYPE_CHECKING:
-    from crawlee.storages import KeyValueStore
 
 
 class CliError(SharedMapError):
     """A problem the user can fix; printed without a traceback."""
 
 
-async def _open(args: argparse.Namespace) -> KeyValueStore:
-    from crawlee.storages import KeyValueStore
+@contextlib.asynccontextmanager
+async def _open(args: argparse.Namespace, *, writable: bool = False) -> AsyncIterator[KeyValueStore]:
+    """Open the store without changing anything unless `writable`; never create it, never purge it.
 
-    connection = args.connection or _local_connection(args.storage_dir, args.store)
-    storage_client, configuration = storage_client_for(connection)
-    store = await KeyValueStore.open(name=args.store, storage_client=storage_client, configuration=configuration)
+    crawlee purges unnamed stores (such as `default`) when opened with purge-on-start, and the file-system client
+    rewrites a store's `__metadata__.json` on every read. So `inspect` and `export` read a local store from a
+    temporary copy, and every command opens with `purge_on_start=False`.
+    """
+    from crawlee.configuration import Configuration
+
+    connection = args.connection
+    if writable:
+        check_store_name(args.store)  # `reset --all` on crawlee's default store would delete the run's INPUT
+    if connection is None or connection.startswith('file://'):
+        folder = _check_local_store(connection.removeprefix('file://') if connection else args.storage_dir, args.store)
+        with tempfile.TemporaryDirectory(prefix='shared-map-cli-') as temp:
+            if not writable:
+                shutil.copytree(folder / 'key_value_stores' / args.store, Path(temp) / 'key_value_stores' / args.store)
+                folder = Path(temp)
+            configuration = Configuration(storage_dir=str(folder), purge_on_start=False)
+            store = await KeyValueStore.open(
+                name=args.store, storage_client=FileSystemStorageClient(), configuration=configuration
+            )
+            yield await _check_shared_map(store, args)
+        return
+    await _check_database_store(connection, args.store)
+    storage_client = SqlStorageClient(connection_string=connection)
+    try:
+        store = await KeyValueStore.open(
+            name=args.store, storage_client=storage_client, configuration=Configuration(purge_on_start=False)
+        )
+        yield await _check_shared_map(store, args)
+    finally:
+        await storage_client.close()
+
+
+async def _check_shared_map(store: KeyValueStore, args: argparse.Namespace) -> KeyValueStore:
     keys = [meta.key async for meta in store.iterate_keys()]
     if not keys:
-        if args.connection:
-            await store.drop()  # opening a database store creates it: leave nothing behind
-        raise CliError(f'The store "{args.store}" does not exist or is empty.')
+        raise CliError(f'The store "{args.store}" is empty.')
     prefix = f'{args.prefix}.'
     if not any(key.startswith(prefix) or 'INITIAL' in key for key in keys):
         raise CliError(
@@ -45,7 +78,7 @@ async def _open(args: argparse.Namespace) -> KeyValueStore:
     return store
 
 
-def _local_connection(storage_dir: str, store: str) -> str:
+def _check_local_store(storage_dir: str, store: str) -> Path:
     folder = Path(storage_dir).resolve()
     if not (folder / 'key_value_stores' / store).is_dir():
         existing = sorted(p.name for p in (folder / 'key_value_stores').glob('*') if p.is_dir())
@@ -53,7 +86,42 @@ def _local_connection(storage_dir: str, store: str) -> str:
             f'No key-value store named "{store}" in {folder}. Stores there: {", ".join(existing) or "none"}. '
             'Use --storage-dir for another folder, or --connection for a database.'
         )
-    return f'file://{folder}'
+    return folder
+
+
+def _check_sqlite_file(connection: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(connection).database
+    if database and not Path(database).is_file():  # connecting would create an empty database file
+        raise CliError(f'No SQLite database file at {Path(database).resolve()}.')
+
+
+async def _check_database_store(connection: str, store: str) -> None:
+    """Fail unless the database holds a key-value store of that name, reading only (opening would create it)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    check_connection(connection)
+    where = describe_connection(connection)
+    if connection.startswith('sqlite'):
+        _check_sqlite_file(connection)
+    engine = create_async_engine(connection)
+    try:
+        async with engine.connect() as db:
+            names = sorted(row[0] for row in await db.execute(text('SELECT name FROM key_value_stores')))
+    except (OSError, TimeoutError) as exc:
+        raise CliError(f'Cannot reach {where}: {exc}') from None
+    except DBAPIError as exc:
+        if 'key_value_stores' not in str(exc):
+            raise CliError(f'Cannot read {where}: {str(exc).splitlines()[0][:300]}') from None
+        names = []  # no table: crawlee never created a store in this database
+    finally:
+        await engine.dispose()
+    if store not in names:
+        shown = ', '.join(str(name) for name in names) or 'none'
+        raise CliError(f'No key-value store named "{store}" in {where}. Stores there: {shown}.')
 
 
 async def _load(store: KeyValueStore, prefix: str) -> SharedMap:
@@ -76,7 +144,11 @@ def _when(ms: object) -> str:
 
 async def inspect(args: argparse.Namespace) -> None:
     """Print entries by status, runs, lease and records of a shared store."""
-    store = await _open(args)
+    async with _open(args) as store:
+        await _inspect(store, args)
+
+
+async def _inspect(store: KeyValueStore, args: argparse.Namespace) -> None:
     keys = Keys(args.prefix)
     records: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
@@ -126,8 +198,8 @@ async def inspect(args: argparse.Namespace) -> None:
 
 async def export(args: argparse.Namespace) -> None:
     """Write every entry as JSON Lines or CSV."""
-    store = await _open(args)
-    shared = await _load(store, args.prefix)
+    async with _open(args) as store:
+        shared = await _load(store, args.prefix)
     _write_export(shared, args.format, args.output)
     print(f'Exported {len(shared)} entries.', file=sys.stderr)
 
@@ -150,19 +222,19 @@ def _write_export(shared: SharedMap, file_format: str, output: str) -> None:
 
 async def reset(args: argparse.Namespace) -> None:
     """Delete the shared map's records (after confirmation)."""
-    store = await _open(args)
-    doomed = [
-        meta.key
-        async for meta in store.iterate_keys()
-        if meta.key.startswith((f'{args.prefix}.', f'{args.prefix}D.', 'RUN-SUMMARY.')) or args.all
-    ]
-    if not args.yes:
-        print(f'This deletes {len(doomed)} records from "{args.store}". Type the store name to confirm: ', end='')
-        sys.stdout.flush()
-        if sys.stdin.readline().strip() != args.store:
-            raise CliError('Not confirmed; nothing was deleted.')
-    for key in doomed:
-        await store.delete_value(key)
+    async with _open(args, writable=True) as store:
+        doomed = [
+            meta.key
+            async for meta in store.iterate_keys()
+            if meta.key.startswith((f'{args.prefix}.', f'{args.prefix}D.', 'RUN-SUMMARY.')) or args.all
+        ]
+        if not args.yes:
+            print(f'This deletes {len(doomed)} records from "{args.store}". Type the store name to confirm: ', end='')
+            sys.stdout.flush()
+            if sys.stdin.readline().strip() != args.store:
+                raise CliError('Not confirmed; nothing was deleted.')
+        for key in doomed:
+            await store.delete_value(key)
     print(f'Deleted {len(doomed)} records; the next crawl with this store starts afresh.')
 
 
@@ -193,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {'inspect': inspect, 'export': export, 'reset': reset}[args.command]
     try:
         asyncio.run(handler(args))
-    except CliError as exc:
+    except (CliError, InvalidOptionError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from src.input import CrawlerInput, InputError
+from src.input import CrawlerInput, InputError, check_local_input_file
 
 
 def test_defaults_and_camel_case_fields() -> None:
@@ -71,3 +73,47 @@ def test_every_problem_is_listed_at_once() -> None:
     assert 'startUrls' in str(info.value)
     assert 'parallelRuns' in str(info.value)
     assert 'maxConcurrency' in str(info.value)
+
+
+@pytest.mark.parametrize('name', ['default', '__default__'])
+def test_crawlees_default_store_is_refused_as_the_shared_store(name: str) -> None:
+    with pytest.raises(InputError, match=f'sharedStoreName "{name}" is not allowed: crawlee purges the default'):
+        CrawlerInput.parse({'startUrls': ['https://a.example'], 'sharedStoreName': name})
+
+
+def test_a_misspelt_field_is_an_error_that_names_the_known_one() -> None:
+    with pytest.raises(InputError, match=r'Unknown input field StartURLs: did you mean startUrls\?'):
+        CrawlerInput.parse({'StartURLs': ['https://a.example']})
+    with pytest.raises(InputError, match=r'Unknown input field parallelRun: did you mean parallelRuns\?'):
+        CrawlerInput.parse({'startUrls': ['https://a.example'], 'parallelRun': 3})
+    unrelated = CrawlerInput.parse({'startUrls': ['https://a.example'], 'myOwnSetting': 1})
+    assert unrelated.unknown_fields == ['myOwnSetting'], 'a field unlike any known one is only warned about'
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / 'nope'
+    with pytest.raises(InputError, match=f'The folder {missing} for the SQLite file .* does not exist'):
+        CrawlerInput.parse(
+            {'startUrls': ['https://a.example'], 'sharedStorageConnection': f'sqlite+aiosqlite:///{missing}/x.db'}
+        )
+    ok = CrawlerInput.parse(
+        {'startUrls': ['https://a.example'], 'sharedStorageConnection': f'sqlite+aiosqlite:///{tmp_path}/x.db'}
+    )
+    assert ok.shared_storage_connection == f'sqlite+aiosqlite:///{tmp_path}/x.db'
+
+
+def test_an_unsupported_connection_never_shows_its_password() -> None:
+    with pytest.raises(InputError, match='is not supported') as info:
+        CrawlerInput.parse({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'mysql://u:hunter2@db/x'})
+    assert 'hunter2' not in str(info.value)
+
+
+def test_a_broken_input_file_is_named_with_line_and_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / 'default-storage' / 'key_value_stores' / 'default'  # conftest's CRAWLEE_STORAGE_DIR
+    folder.mkdir(parents=True)
+    (folder / 'INPUT.json').write_text('{\n  "startUrls": [}\n')
+    monkeypatch.delenv('ACTOR_INPUT_KEY', raising=False)
+    with pytest.raises(InputError, match=r'INPUT.json is not valid JSON: .* at line 2, column 17'):
+        check_local_input_file()
+    (folder / 'INPUT.json').write_text('{"startUrls": []}')
+    check_local_input_file()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from crawlee.configuration import Configuration
+from crawlee.storages import KeyValueStore
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from src.shared_map import SharedMap, open_store
 from tests.shared_map.harness import ROOT, load_fresh, start_worker, wait_all
 
 
@@ -85,3 +93,70 @@ def test_clear_errors_for_missing_and_foreign_stores(tmp_path: Path) -> None:
     shown = cli('inspect', 'foreign', '--storage-dir', str(tmp_path))
     assert shown.returncode == 2, shown.stdout + shown.stderr
     assert 'none of a shared map' in shown.stderr
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> SHA-256 of its bytes)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob('*') if p.is_file()
+    }
+
+
+async def test_inspect_and_export_change_nothing(tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    default = storage / 'key_value_stores' / 'default'
+    default.mkdir(parents=True)
+    (default / 'INPUT.json').write_text('{"startUrls": [{"url": "https://crawlee.dev"}]}')  # as a user writes it
+    shared = await SharedMap.open('crawl-state', connection=f'file://{storage}', run_id='run-a', in_actor=False)
+    shared.update({'https://a.example/': 'processed', 'https://a.example/b': 'enqueued'})
+    await shared.close()
+    output = await KeyValueStore.open(configuration=Configuration(storage_dir=str(storage), purge_on_start=False))
+    await output.set_value('OUTPUT', {'pagesProcessed': 1})
+    before = tree_digest(storage)
+    assert {'key_value_stores/default/OUTPUT', 'key_value_stores/default/INPUT.json'} <= set(before)
+
+    shown = cli('inspect', 'crawl-state', '--storage-dir', str(storage))
+    assert shown.returncode == 0, shown.stderr
+    assert 'Store "crawl-state": 2 entries' in shown.stdout
+    exported = cli('export', 'crawl-state', '--storage-dir', str(storage), '--format', 'csv')
+    assert exported.returncode == 0, exported.stderr
+    assert len(exported.stdout.splitlines()) == 3
+    default_store = cli('inspect', 'default', '--storage-dir', str(storage))
+    assert default_store.returncode == 2
+    assert 'none of a shared map' in default_store.stderr
+    missing = cli('inspect', 'no-such-store', '--storage-dir', str(storage))
+    assert missing.returncode == 2
+    assert 'Stores there: crawl-state, default.' in missing.stderr
+    refused = cli('reset', 'default', '--storage-dir', str(storage), '--all', '--yes')
+    assert refused.returncode == 2
+    assert 'cannot be "default"' in refused.stderr
+    for done in (shown, exported, default_store, missing, refused):
+        assert 'Traceback' not in done.stdout + done.stderr
+
+    assert tree_digest(storage) == before, 'byte-identical: nothing created, purged or rewritten'
+
+
+async def test_inspect_never_creates_a_database_store(tmp_path: Path) -> None:
+    db = tmp_path / 'state.db'
+    connection = f'sqlite+aiosqlite:///{db}'
+    absent = cli('inspect', 'crawl-state', '--connection', connection)
+    assert absent.returncode == 2
+    assert f'No SQLite database file at {db}' in absent.stderr
+    assert not db.exists()
+    store = await open_store('other-store', connection=connection)
+    await store.set_value('x', 1)
+    missing = cli('inspect', 'crawl-state', '--connection', connection)
+    assert missing.returncode == 2
+    assert 'No key-value store named "crawl-state"' in missing.stderr
+    assert 'Stores there: other-store.' in missing.stderr
+    assert [name async for name in _store_names(connection)] == ['other-store']
+
+
+async def _store_names(connection: str) -> AsyncIterator[str]:
+    engine = create_async_engine(connection)
+    try:
+        async with engine.connect() as db:
+            for row in await db.execute(text('SELECT name FROM key_value_stores ORDER BY name')):
+                yield row[0]
+    finally:
+        await engine.dispose()

@@ -1,0 +1,94 @@
+"""Checks a run makes before it starts other runs: the shared store is reachable, and a resume keeps earlier results.
+
+A crawl is *resumed* when its shared store already holds a shared map: the pages processed by earlier attempts are
+not fetched again, so their results exist only in the datasets those attempts wrote. crawlee purges the run's
+default dataset the first time it is opened (unless `CRAWLEE_PURGE_ON_START=0`, `apify run --no-purge`); this
+module opens it first, without purging, so the earlier results stay and new ones are appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from apify import Actor
+
+from .input import CrawlerInput, InputError
+from .shared_map import InvalidOptionError, StoreUnavailableError, check_store_name, open_store
+
+if TYPE_CHECKING:
+    from crawlee.storages import KeyValueStore
+
+logger = logging.getLogger(__name__)
+
+
+async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:
+    """Open the shared store before any child run starts; when it already holds a crawl, keep this run's dataset.
+
+    Returns:
+        Whether the store already held a crawl (this run resumes or joins it).
+
+    Raises:
+        InputError: one line saying what to fix when the store cannot be opened (an unreachable database, with
+            host and port but no password; a name crawlee would purge).
+    """
+    if not crawl_input.use_shared_map:
+        return False
+    try:
+        store = await _open(crawl_input)
+    except (StoreUnavailableError, InvalidOptionError) as exc:
+        field = 'sharedStorageConnection' if crawl_input.shared_storage_connection else 'sharedStoreName'
+        raise InputError(f'{field}: {exc}') from None
+    if not await holds_shared_map(store):
+        return False
+    kept = await _open_dataset_without_purge()
+    name = crawl_input.shared_store_name
+    if kept:
+        Actor.log.warning(
+            f'Resuming the crawl in shared store "{name}": the {kept} results of earlier attempts stay in the '
+            f'dataset and new ones are added. To start afresh: python -m src.shared_map reset {name} '
+            '(or use another sharedStoreName).'
+        )
+    elif not crawl_input.is_child and _input_key().startswith('__CLI'):
+        # `apify run` (unless --no-purge) deletes the default dataset itself before starting the actor when the
+        # project has an input schema; nothing the actor does can bring it back.
+        Actor.log.warning(
+            f'Resuming the crawl in shared store "{name}" under `apify run`, with an empty dataset: unless it was '
+            'given --no-purge, the Apify CLI deleted the results of the earlier attempt in this folder before the '
+            'run. Resume with `apify run --no-purge` to keep them.'
+        )
+    else:
+        Actor.log.info(f'The shared store "{name}" already holds a crawl: continuing it.')
+    return True
+
+
+def _input_key() -> str:
+    return os.environ.get('ACTOR_INPUT_KEY') or os.environ.get('APIFY_INPUT_KEY') or ''  # the CLI sets __CLI_INPUT
+
+
+async def _open(crawl_input: CrawlerInput) -> KeyValueStore:
+    name = check_store_name(crawl_input.shared_store_name)
+    if crawl_input.shared_storage_connection is None:
+        return await Actor.open_key_value_store(name=name)  # as `SharedMap.open` does inside an actor
+    return await open_store(name, connection=crawl_input.shared_storage_connection)
+
+
+async def holds_shared_map(store: KeyValueStore, prefix: str = 'SM') -> bool:
+    """Whether the store holds records of a shared map with this key prefix (stops at the first one)."""
+    async for meta in store.iterate_keys():
+        if meta.key.startswith(f'{prefix}.'):
+            return True
+    return False
+
+
+async def _open_dataset_without_purge() -> int:
+    """Open the run's default dataset without purging it (it stays open for the crawler); its item count."""
+    configuration = Actor.configuration
+    purge = configuration.purge_on_start
+    configuration.purge_on_start = False  # read when the dataset is first opened; crawlee caches it after that
+    try:
+        dataset = await Actor.open_dataset()
+    finally:
+        configuration.purge_on_start = purge
+    return (await dataset.get_metadata()).item_count
