@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._backends import storage_client_for
+from ._backends import check_store_name, storage_client_for
 from ._errors import InvalidOptionError, SharedMapError, SyncError
 from ._records import (
     CONTENT_TYPE,
@@ -372,7 +372,7 @@ class SharedMap(dict[str, Any]):
     @classmethod
     async def open(
         cls,
-        name: str | None = None,
+        name: str,
         *,
         connection: str | None = None,
         storage_client: StorageClient | None = None,
@@ -384,7 +384,8 @@ class SharedMap(dict[str, Any]):
         """Open the named store, create the map on it and initialize it.
 
         Args:
-            name: Name of the shared key-value store (named stores outlive runs). None opens the default store.
+            name: Name of the shared key-value store (named stores outlive runs). Not the default store, which crawlee
+                purges when a run starts (`InvalidOptionError`).
             connection: Where the store lives, as for `open_store()`: `file:///path`, a SQLAlchemy URL, or None.
             storage_client: A crawlee storage client for the store (e.g. `SqlStorageClient(...)`); default: the
                 global one (inside an actor, the Apify one).
@@ -397,6 +398,7 @@ class SharedMap(dict[str, Any]):
         """
         from crawlee.storages import KeyValueStore
 
+        name = check_store_name(name)
         if in_actor is None:
             in_actor = _actor_is_active()
         if connection is not None:

@@ -190,3 +190,9 @@ async def test_a_sync_cancelled_mid_write_keeps_the_changes(
     other = SharedMap(store, run_id='other')
     await other.initialize()
     assert other['kept'] == 'processed'
+
+
+@pytest.mark.parametrize('name', ['default', 'DEFAULT', '__default__'])
+async def test_open_refuses_the_default_store_which_crawlee_purges(name: str) -> None:
+    with pytest.raises(InvalidOptionError, match='cannot be'):
+        await SharedMap.open(name, run_id='a', in_actor=False)
