@@ -12,10 +12,11 @@ from ._backends import (
     storage_client_for,
 )
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
-from ._records import ENQUEUED, FORMAT_VERSION
+from ._records import FORMAT_VERSION
 from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats, map_key
 from ._shared_map import SharedMap, SyncMode
 from ._stats import RunStats, SyncResult
+from ._values import ENQUEUED
 
 __all__ = [
     'ENQUEUED',

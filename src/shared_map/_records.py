@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._covers import Covers, SeqSet
 from ._errors import UnsupportedFormatError
+from ._values import DELETED, SCALAR_TYPES
 
 FORMAT_NAME = 'apify-shared-map'
 FORMAT_VERSION = 2
@@ -31,106 +33,12 @@ NAME_PATTERN = re.compile(r'^[A-Za-z0-9_-]{1,64}$')
 INCARNATION_PATTERN = re.compile(r'^[0-9a-z]{1,24}$')
 PLATFORM_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9!\-_.'()]{1,256}$")
 
-#: The value that "enqueued" entries carry; it never replaces a value already present when merging.
-ENQUEUED = 'enqueued'
-
 # A group is `[stamp, value, [key, ...]]`: every key in it got `value` at `stamp`.
 Group = list[Any]
 
 
 class CorruptRecordError(Exception):
     """A record under the shared map's prefix that cannot be decoded. Internal: logged and skipped, never raised."""
-
-
-class SeqSet:
-    """A set of non-negative integers kept as sorted, disjoint, inclusive `[lo, hi]` ranges.
-
-    Sequence numbers of one run's log records are almost always contiguous, so this stays tiny.
-    """
-
-    __slots__ = ('_ranges',)
-
-    def __init__(self, ranges: list[list[int]] | None = None) -> None:
-        self._ranges: list[list[int]] = []
-        for lo, hi in ranges or []:
-            if not 0 <= lo <= hi:
-                raise ValueError(f'invalid range [{lo}, {hi}]')
-            self._add_range(lo, hi)
-
-    def _add_range(self, lo: int, hi: int) -> None:
-        ranges = self._ranges
-        if ranges and ranges[-1][1] >= lo - 1 and ranges[-1][0] <= lo:  # The usual case: extend the last range.
-            ranges[-1][1] = max(ranges[-1][1], hi)
-            return
-        kept = [r for r in ranges if r[1] < lo - 1 or r[0] > hi + 1]
-        for r in ranges:
-            if not (r[1] < lo - 1 or r[0] > hi + 1):
-                lo, hi = min(lo, r[0]), max(hi, r[1])
-        kept.append([lo, hi])
-        kept.sort()
-        self._ranges = kept
-
-    def add(self, seq: int) -> None:
-        """Add one sequence number."""
-        self._add_range(seq, seq)
-
-    def update(self, other: SeqSet) -> None:
-        """Add every number of `other`."""
-        for lo, hi in other._ranges:
-            self._add_range(lo, hi)
-
-    def __contains__(self, seq: object) -> bool:
-        if not isinstance(seq, int):
-            return False
-        i = bisect_right(self._ranges, [seq, float('inf')]) - 1
-        return i >= 0 and self._ranges[i][0] <= seq <= self._ranges[i][1]
-
-    def issubset(self, other: SeqSet) -> bool:
-        """Whether every number of this set is in `other`."""
-        for lo, hi in self._ranges:
-            i = bisect_right(other._ranges, [lo, float('inf')]) - 1
-            if i < 0 or not (other._ranges[i][0] <= lo and hi <= other._ranges[i][1]):
-                return False
-        return True
-
-    def max(self) -> int:
-        """The largest number, or 0 for an empty set."""
-        return self._ranges[-1][1] if self._ranges else 0
-
-    def __len__(self) -> int:
-        return sum(hi - lo + 1 for lo, hi in self._ranges)
-
-    def to_json(self) -> list[list[int]]:
-        """The ranges, as stored in a manifest."""
-        return [list(r) for r in self._ranges]
-
-    def __repr__(self) -> str:
-        return f'SeqSet({self._ranges!r})'
-
-
-Covers = dict[str, SeqSet]
-"""Log records by writer (`<run>` for version-1 logs, `<run>.<incarnation>` since version 2) -> their seqs."""
-
-
-def writer_id(run: str, incarnation: str) -> str:
-    """The identity of one incarnation of a run: what its log keys and `covers` entries are named by."""
-    return f'{run}.{incarnation}'
-
-
-def run_of(writer: str) -> str:
-    """The run a writer (a run, or one incarnation of it) belongs to."""
-    return writer.split('.', 1)[0]
-
-
-def covers_subset(a: Covers, b: Covers) -> bool:
-    """Whether every log record covered by `a` is covered by `b`."""
-    return all(seqs.issubset(b.get(run, SeqSet())) for run, seqs in a.items())
-
-
-def covers_union(into: Covers, other: Covers) -> None:
-    """Add the coverage of `other` to `into`."""
-    for run, seqs in other.items():
-        into.setdefault(run, SeqSet()).update(seqs)
 
 
 @dataclass(frozen=True)
@@ -264,6 +172,89 @@ def check_groups(body: dict[str, Any]) -> tuple[list[Group], list[Group]]:
         ):
             raise CorruptRecordError(f'malformed deletion group {str(group)[:80]}')
     return groups, deleted
+
+
+def body_groups(body: dict[str, Any]) -> Iterator[tuple[int, Any, list[str]]]:
+    """The `(stamp, value, keys)` groups of a log or part body that `check_groups` accepted; deletions as `DELETED`."""
+    for stamp, value, keys in body.get('groups', []):
+        yield stamp, value, keys
+    for stamp, keys in body.get('deleted', []):
+        yield stamp, DELETED, keys
+
+
+def encoded_len(text: str) -> int:
+    """The exact length of `text` in our JSON (ASCII-only: escapes count), cheaply for the usual plain URL."""
+    if text.isascii() and text.isprintable() and '"' not in text and '\\' not in text:
+        return len(text) + 2
+    return len(json.dumps(text, ensure_ascii=True))
+
+
+@dataclass
+class Chunk:
+    """The entries of one log or part record being built: values grouped by (stamp, value), deletions by stamp."""
+
+    keys: list[str] = field(default_factory=list)
+    groups: dict[tuple[int, type, Any], Group] = field(default_factory=dict)
+    singles: list[Group] = field(default_factory=list)
+    deleted: dict[int, Group] = field(default_factory=dict)
+    size: int = 0
+
+    def cost(self, key: str, value: Any, stamp: int) -> int:
+        """How many bytes adding this entry adds to the record (exact for strings, generous for the rest)."""
+        key_size = encoded_len(key) + 1
+        if value is DELETED:
+            return key_size + (0 if stamp in self.deleted else 32)
+        if value.__class__ in SCALAR_TYPES:
+            if (stamp, value.__class__, value) in self.groups:
+                return key_size
+            return key_size + 32 + (encoded_len(value) if value.__class__ is str else 24)
+        return key_size + 32 + len(json.dumps(value, ensure_ascii=True))
+
+    def add(self, key: str, value: Any, stamp: int, cost: int) -> None:
+        self.keys.append(key)
+        self.size += cost
+        if value is DELETED:
+            self.deleted.setdefault(stamp, [stamp, []])[1].append(key)
+        elif value.__class__ in SCALAR_TYPES:
+            group = self.groups.get((stamp, value.__class__, value))
+            if group is None:
+                group = self.groups[(stamp, value.__class__, value)] = [stamp, value, []]
+            group[2].append(key)
+        else:
+            self.singles.append([stamp, value, [key]])
+
+    def restamp(self, stamp: int) -> None:
+        """Give every entry of the record the same stamp (log records: the stamp of the write)."""
+        for group in (*self.groups.values(), *self.singles, *self.deleted.values()):
+            group[0] = stamp
+
+    def log_body(self, *, run: str, seq: int, written_at: int, final: bool) -> bytes:
+        """The encoded log record of these entries."""
+        return dumps(envelope('log', run=run, seq=seq, writtenAt=written_at, final=final, **self._fields()))
+
+    def part_body(self, *, manifest: str, index: int) -> bytes:
+        """The encoded snapshot part of these entries."""
+        return dumps(envelope('part', manifest=manifest, index=index, **self._fields()))
+
+    def _fields(self) -> dict[str, Any]:
+        return {'groups': [*self.groups.values(), *self.singles], 'deleted': list(self.deleted.values())}
+
+
+def split_entries(
+    entries: Iterable[tuple[str, Any, int]], *, record_size: int, max_record_bytes: int
+) -> Iterator[Chunk]:
+    """Split `(key, value, stamp)` entries into records of at most `record_size` entries and `max_record_bytes`."""
+    budget = max_record_bytes - 4096  # room for the envelope
+    chunk = Chunk()
+    for key, value, stamp in entries:
+        cost = chunk.cost(key, value, stamp)
+        if chunk.keys and (len(chunk.keys) >= record_size or chunk.size + cost > budget):
+            yield chunk
+            chunk = Chunk()
+            cost = chunk.cost(key, value, stamp)
+        chunk.add(key, value, stamp, cost)
+    if chunk.keys:
+        yield chunk
 
 
 def _all_strings(items: list[Any]) -> bool:

@@ -15,7 +15,7 @@ from crawlee import Request, RequestState
 from crawlee.request_loaders import RequestManager
 from crawlee.storage_clients.models import ProcessedRequest
 
-from ._records import ENQUEUED
+from ._values import ENQUEUED
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -18,7 +18,8 @@ Hook = Callable[[str], Awaitable[None]]
 
 
 class ScriptedStore:
-    """Forwards to `inner`; `before_get(key)` runs before each read, `read_delay` slows every read down.
+    """Forwards to `inner`; `before_get(key)` / `before_set(key)` run before each read / write, `read_delay` slows
+    every read down.
 
     With `record=True` it keeps every value written, for `written_entries()`.
     """
@@ -28,11 +29,13 @@ class ScriptedStore:
         inner: KeyValueStore,
         *,
         before_get: Hook | None = None,
+        before_set: Hook | None = None,
         read_delay: float = 0.0,
         record: bool = False,
     ) -> None:
         self.inner = inner
         self.before_get = before_get
+        self.before_set = before_set
         self.read_delay = read_delay
         self.record = record
         self.written: list[tuple[str, Any]] = []
@@ -48,6 +51,8 @@ class ScriptedStore:
         return await self.inner.get_value(key, default_value)
 
     async def set_value(self, key: str, value: Any, content_type: str | None = None) -> None:
+        if self.before_set is not None:
+            await self.before_set(key)
         await self.inner.set_value(key, value, content_type=content_type)
         if self.record:
             self.written.append((key, value))

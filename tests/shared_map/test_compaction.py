@@ -6,12 +6,12 @@ import asyncio
 import json
 import random
 import time
+from typing import Any
 
-import pytest
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap
-from src.shared_map._records import Lease
+from tests.shared_map.scripted_store import ScriptedStore
 
 
 async def keys_of(store: KeyValueStore, prefix: str = 'SM.') -> list[str]:
@@ -103,14 +103,25 @@ async def test_parts_of_a_dead_compaction_are_ignored_then_cleaned(store: KeyVal
     assert young in remaining, 'a part that may belong to a running compaction is kept'
 
 
-async def test_two_runs_that_both_believe_they_hold_the_lease(
-    store: KeyValueStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def always_won(self: SharedMap) -> Lease:
-        return Lease(owner=self.run_id, token='forged', expires_at=int(time.time() * 1000) + 60_000)
+class PrivateLeaseStore(ScriptedStore):
+    """Every run sees only its own writes of the lease record: each one believes it holds the lease."""
 
-    monkeypatch.setattr(SharedMap, '_acquire_lease', always_won)  # defeat the lease: every run compacts
-    maps = [SharedMap(store, run_id=f'r{i}', compact_after_records=2) for i in range(3)]
+    def __init__(self, inner: KeyValueStore) -> None:
+        super().__init__(inner)
+        self.lease: Any = None
+
+    async def get_value(self, key: str, default_value: Any = None) -> Any:
+        return self.lease if key == 'SM.LEASE' else await super().get_value(key, default_value)
+
+    async def set_value(self, key: str, value: Any, content_type: str | None = None) -> None:
+        if key == 'SM.LEASE':
+            self.lease = value
+        else:
+            await super().set_value(key, value, content_type)
+
+
+async def test_two_runs_that_both_believe_they_hold_the_lease(store: KeyValueStore) -> None:
+    maps = [SharedMap(PrivateLeaseStore(store).as_store(), run_id=f'r{i}', compact_after_records=2) for i in range(3)]
     for shared in maps:
         await shared.initialize()
     rng = random.Random(3)
@@ -128,7 +139,15 @@ async def test_two_runs_that_both_believe_they_hold_the_lease(
 
 
 async def test_a_stalled_compactor_that_wakes_up_late_loses_nothing(store: KeyValueStore) -> None:
-    slow = SharedMap(store, run_id='slow', compact_after_records=2, lease_ttl_secs=0.2, orphan_age_secs=60)
+    wake_up = asyncio.Event()
+    stall = False
+
+    async def stall_before_the_manifest(key: str) -> None:
+        if stall and key.startswith('SM.M.'):
+            await wake_up.wait()  # stalls between writing its parts and writing its manifest
+
+    stalling_store = ScriptedStore(store, before_set=stall_before_the_manifest).as_store()
+    slow = SharedMap(stalling_store, run_id='slow', compact_after_records=2, lease_ttl_secs=0.2, orphan_age_secs=60)
     fast = SharedMap(store, run_id='fast', compact_after_records=3, lease_ttl_secs=0.2, orphan_age_secs=60)
     await slow.initialize()
     await fast.initialize()
@@ -136,16 +155,6 @@ async def test_a_stalled_compactor_that_wakes_up_late_loses_nothing(store: KeyVa
         fast[f'early{i}'] = 'processed'
         await fast.sync()  # the first compaction: a snapshot to supersede later
 
-    wake_up = asyncio.Event()
-    stall = False
-    real_put = slow._put
-
-    async def stalling_put(key: str, body: bytes) -> bytes:
-        if stall and key.startswith('SM.M.'):
-            await wake_up.wait()  # stalls between writing its parts and writing its manifest
-        return await real_put(key, body)
-
-    slow._put = stalling_put  # type: ignore[method-assign]
     slow['stale'] = 'failed'
     for i in range(3):
         slow[f'slow{i}'] = 'processed'

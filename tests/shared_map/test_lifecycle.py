@@ -129,7 +129,7 @@ async def test_open_inside_an_actor_follows_its_events(tmp_path: Path) -> None:
         Actor.event_manager.emit(event=Event.MIGRATING, event_data=EventMigratingData())
         await Actor.event_manager.wait_for_all_listeners_to_complete()
         assert shared.pending == 0, 'MIGRATING did a final sync'
-        assert shared._sync_task is None, 'and stopped the background sync'
+        assert not shared.background_sync_running, 'and stopped the background sync'
         store = shared.store
         record = await run_record(store, 'in-actor')
         assert record['finished'] is False
