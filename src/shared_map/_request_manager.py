@@ -40,6 +40,8 @@ _MIN_SYNC_GAP_SECS = 0.2
 """Least time between two syncs that a change of state (not the clock) asks for."""
 HUNGRY_BELOW = 20
 """A run with fewer URLs waiting for it than this is about to run out of work: others publish their handovers sooner."""
+_CAREFUL_PER_RUN = 10
+"""With several runs, the last `10 x runs` pages of the limit are started one per sync per run."""
 _FAST_PACE = 50.0
 """Pages per second a run is assumed to fetch when guessing when it runs out of work (a guess on the early side)."""
 
@@ -502,11 +504,22 @@ class SharedRequestManager(RequestManager):
         logger.info('Took over %d URLs from the shared map.', len(urls))
 
     def _update_allowance(self) -> None:
+        """How many requests this run may start before its next sync, so that all runs together keep the limit.
+
+        A run sees its own starts at once but the others' only as the pages they processed and synced. One run may
+        take all that is left. Several each take their share of what is left above a reserve, then sync again; within
+        the reserve, each starts one request per sync, so what the others started unseen is about what they have in
+        flight.
+        """
         if self._max_processed is None:
             return
         left = self._max_processed - len(self._started) - self._others_done
-        # One run may take all that is left; several each take their share, then sync again before taking more.
-        self._allowance = max(0, math.ceil(left / len(self._live)))
+        runs = len(self._live)
+        reserve = _CAREFUL_PER_RUN * runs if runs > 1 else 0
+        if left > reserve:
+            self._allowance = math.ceil((left - reserve) / runs)
+        else:
+            self._allowance = 1 if left > 0 else 0
 
     def _report(self, waiting: int, done: int) -> None:
         """Log the state of the crawl when it changed, at most once per sync interval."""

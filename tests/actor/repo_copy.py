@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,10 +63,8 @@ def finish(proc: subprocess.Popen[bytes], repo: Path, timeout: float = 240) -> t
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the run's process group (the run and the child runs it started)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 
