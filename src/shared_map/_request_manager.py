@@ -146,6 +146,9 @@ class SharedRequestManager(RequestManager):
         # the same unique key again, so taking such a URL over again queues it under a fresh one.
         self._let_go: set[str] = set()
         self._requeues = 0
+        # Whether this run's queue held handled requests before this run (kept from an interrupted attempt).
+        self._queue_had_history: bool | None = None
+        self._handled = 0  # requests this run marked handled in its queue
         self._started: set[str] = set()  # map keys handed out to the crawler by this run
         self._in_flight = 0
         self._others_done = 0  # pages the other runs processed or failed, as of the last scan
@@ -159,8 +162,8 @@ class SharedRequestManager(RequestManager):
         self._sync_now = False  # this run ran out of work, used up its share of the limit, or ended its last request
         self._idle = False
         self._handed_since_sync = 0
-        # When another live run is expected to run out of work (from what waited for it at the last scan and this
-        # run's own pace): from then on, this run publishes its handovers about once a second.
+        # When another live run is expected to run out of work (from what waited for it at the last scan): from then
+        # on, this run publishes the URLs it hands over about once a second.
         self._others_hungry_at = float('inf')
         self._last_sync_at = float('-inf')
         self._last_report: tuple[int, int, int, int] | None = None
@@ -299,6 +302,7 @@ class SharedRequestManager(RequestManager):
                 self._in_flight += 1
                 return request
             self._queued.discard(key)
+            self._handled += 1
             await self._inner.mark_request_as_handled(request)
 
     async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
@@ -310,6 +314,7 @@ class SharedRequestManager(RequestManager):
         )
         self._queued.discard(key)
         self._in_flight = max(0, self._in_flight - 1)
+        self._handled += 1
         result = await self._inner.mark_request_as_handled(request)
         if self._in_flight == 0 and await self.is_empty():
             self._sync_soon()  # this run's last request ended: sync now, not at the next interval
@@ -490,14 +495,19 @@ class SharedRequestManager(RequestManager):
     async def _queue_taken_over(self, urls: list[str]) -> None:
         fresh = [url for url in urls if url not in self._let_go]
         again = [url for url in urls if url in self._let_go]
-        for url in fresh:
-            result = await self._inner.add_request(self._request_from_map(url))
-            if result is not None and result.was_already_handled:
-                # Handled in this queue by an interrupted attempt, yet still waiting in the map: fetch it again.
-                again.append(url)
-        for url in again:
-            await self._inner.add_request(self._request_from_map(url, fresh_key=True))
-            self._let_go.discard(url)
+        if self._queue_had_history is None:
+            self._queue_had_history = await self._inner.get_handled_count() > self._handled
+        if self._queue_had_history:
+            for url in fresh:  # one by one, to learn which ones the queue had handled already
+                result = await self._inner.add_request(self._request_from_map(url))
+                if result is not None and result.was_already_handled:
+                    # Handled in this queue by an interrupted attempt, yet still waiting in the map: fetch it again.
+                    again.append(url)
+        elif fresh:
+            await self._inner.add_requests([self._request_from_map(url) for url in fresh])
+        if again:
+            await self._inner.add_requests([self._request_from_map(url, fresh_key=True) for url in again])
+            self._let_go.difference_update(again)
         self._queued.update(urls)
         self._idle = False
         self.stats.taken_over += len(urls)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from crawlee import RequestState
+from crawlee import Request, RequestState
 from crawlee.storages import KeyValueStore, RequestQueue
 
 from src.shared_map import SharedMap, SharedRequestManager, map_key
@@ -176,3 +176,23 @@ async def test_a_run_learns_within_a_second_that_the_crawl_is_over(store: KeyVal
         assert asyncio.get_running_loop().time() - started < 1.5
     finally:
         await manager.close()
+
+
+async def test_a_url_the_kept_queue_had_handled_but_the_map_still_waits_for_is_fetched(store: KeyValueStore) -> None:
+    # An interrupted attempt fetched `late` but was stopped before it synced: the map still has it waiting, while
+    # the run's queue (kept: CRAWLEE_PURGE_ON_START=0) has it handled.
+    old_map = SharedMap(store, run_id='old', heartbeat_secs=0.01)
+    await old_map.initialize()
+    old_map.update({'https://example.com/late': 'enqueued', 'https://example.com/other': 'enqueued'})
+    await old_map.close()
+    queue = await RequestQueue.open(name='kept')
+    await queue.add_request(Request.from_url('https://example.com/late', unique_key='https://example.com/late'))
+    request = await queue.fetch_next_request()
+    assert request is not None
+    await queue.mark_request_as_handled(request)
+    shared = SharedMap(store, run_id='new', heartbeat_secs=0.01)
+    await shared.initialize()
+    manager = SharedRequestManager(queue, shared)
+    await manager.wait_for_runs(timeout_secs=0.1)
+    await manager._take_over_and_check_done()
+    assert sorted(await drain(manager)) == ['https://example.com/late', 'https://example.com/other']
