@@ -110,12 +110,13 @@ async def test_a_one_page_crawl_ends_about_a_second_after_the_page(tmp_path: Pat
     assert stats['fetches'] == 1
     assert fetched_at is not None
     assert ended - fetched_at < 2.0, f'the run ended {ended - fetched_at:.1f} s after fetching its only page'
-    assert ended - started < 5.0, f'a one-page crawl took {ended - started:.1f} s'
+    # ~2.5 s on a quiet machine, mostly Python's start-up; not the 10 s sync interval.
+    assert ended - started < 8.0, f'a one-page crawl took {ended - started:.1f} s'
 
 
 async def test_three_runs_are_not_slower_than_one_on_a_small_site(tmp_path: Path) -> None:
-    # Pages answer in 50 ms, as a real site might: fetching, not only this machine's CPU, sets the pace.
-    site = serve_site(400, delay_secs=0.05)
+    # Pages answer in 0.1 s, as a real site might: fetching, more than this (shared) machine's CPU, sets the pace.
+    site = serve_site(400, delay_secs=0.1)
     seconds = {}
     try:
         for runs in (1, 3):
