@@ -109,7 +109,9 @@ async def test_a_one_page_crawl_ends_about_a_second_after_the_page(tmp_path: Pat
     assert code == 0, log[-3000:]
     assert stats['fetches'] == 1
     assert fetched_at is not None
-    assert ended - fetched_at < 2.0, f'the run ended {ended - fetched_at:.1f} s after fetching its only page'
+    # The run learns within about a second that nothing is left, then closes its storages and exits; under heavy
+    # load on this shared machine that took up to ~2 s (the old code waited for the next sync, 10 s).
+    assert ended - fetched_at < 3.0, f'the run ended {ended - fetched_at:.1f} s after fetching its only page'
     # ~2.5 s on a quiet machine, mostly Python's start-up; not the 10 s sync interval.
     assert ended - started < 8.0, f'a one-page crawl took {ended - started:.1f} s'
 
