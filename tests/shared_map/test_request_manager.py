@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from crawlee import RequestState
+from crawlee import Request, RequestState
 from crawlee.storages import KeyValueStore, RequestQueue
 
 from src.shared_map import SharedMap, SharedRequestManager, map_key
@@ -96,3 +96,103 @@ def test_map_keys_are_fetchable_urls() -> None:
     assert map_key('HTTP://Example.COM/Dir/?b=2&utm_source=x&a=1#frag') == 'http://example.com/Dir/?a=1&b=2'
     assert map_key('https://example.com') == 'https://example.com/'
     assert map_key('https://example.com/%C5%A1/Page.html?q=%20x') == 'https://example.com/%C5%A1/Page.html?q=%20x'
+
+
+async def test_urls_left_by_an_earlier_attempt_are_fetched_once_by_the_new_runs(store: KeyValueStore) -> None:
+    # An earlier attempt (two runs) was stopped with 60 URLs still waiting; its queues are gone.
+    old_a_map, old_a = await open_run(store, 'old-a', 'queue-old-a')
+    _old_b_map, old_b = await open_run(store, 'old-b', 'queue-old-b')
+    await asyncio.gather(old_a.wait_for_runs(timeout_secs=5), old_b.wait_for_runs(timeout_secs=5))
+    urls = [f'https://example.com/left-{i}' for i in range(60)]
+    await old_a.add_requests(urls)
+    await old_a_map.close()
+    await _old_b_map.close()
+    # The same command again: the new parent syncs first, alone; its child joins and sees the parent live.
+    _parent_map, parent = await open_run(store, 'new-parent', 'queue-parent')
+    await parent.wait_for_runs(timeout_secs=0.1)
+    _child_map, child = await open_run(store, 'new-child', 'queue-child')
+    await child.wait_for_runs(timeout_secs=5)
+    await parent._sync()
+    assert parent.live_runs == child.live_runs == ['new-child', 'new-parent']
+    fetched: list[str] = []
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(fetched) < len(urls) and asyncio.get_running_loop().time() < deadline:
+        for manager in (parent, child):
+            await manager._sync()
+            await manager._take_over_and_check_done()
+            fetched += await drain(manager)
+        await asyncio.sleep(0.05)
+    assert sorted(fetched) == sorted(urls), 'every waiting URL was fetched, each once'
+    assert parent.stats.taken_over > 10
+    assert child.stats.taken_over > 10, 'the child did not wait forever for URLs the parent never queued'
+
+
+async def test_a_queued_url_another_run_owns_now_is_left_to_it_and_comes_back(store: KeyValueStore) -> None:
+    a_map, a = await open_run(store, 'run-a', 'queue-a')
+    await a.wait_for_runs(timeout_secs=0.1)  # alone: it owns and queues every URL
+    urls = [f'https://example.com/{i}' for i in range(40)]
+    await a.add_requests(urls)
+    await a_map.sync()
+    b_map, b = await open_run(store, 'run-b', 'queue-b')
+    await b.wait_for_runs(timeout_secs=5)
+    await a._sync()
+    assert a.live_runs == ['run-a', 'run-b']
+    fetched_by_a = await drain(a)
+    assert 0 < len(fetched_by_a) < len(urls), 'a fetched only the URLs it still owns'
+    assert a.stats.left_to_owner == len(urls) - len(fetched_by_a)
+    await b_map.close()  # b ends before fetching what it owns now: those URLs go back to a
+    await a._sync()
+    assert a.live_runs == ['run-a']
+    await a._take_over_and_check_done()
+    fetched_by_a += await drain(a)
+    assert sorted(fetched_by_a) == sorted(urls), 'a fetched the URLs it had let go, under fresh queue keys'
+    await a._sync()
+    assert all(a_map[url] == 'processed' for url in urls)
+
+
+async def test_one_run_hands_out_exactly_the_limit(store: KeyValueStore) -> None:
+    shared = SharedMap(store, run_id='solo', heartbeat_secs=0.01)
+    await shared.initialize()
+    manager = SharedRequestManager(await RequestQueue.open(name='solo'), shared, max_processed=12)
+    await manager.wait_for_runs(timeout_secs=0.1)
+    await manager.add_requests([f'https://example.com/{i}' for i in range(30)])
+    assert len(await drain(manager)) == 12
+    assert await manager.is_empty(), 'nothing more to fetch: the limit holds between syncs'
+    assert manager.started == 12
+
+
+async def test_a_run_learns_within_a_second_that_the_crawl_is_over(store: KeyValueStore) -> None:
+    shared = SharedMap(store, run_id='solo', heartbeat_secs=1)
+    await shared.initialize()
+    manager = SharedRequestManager(await RequestQueue.open(name='solo'), shared, sync_interval_secs=10)
+    await manager.wait_for_runs(timeout_secs=0.1)
+    done = asyncio.Event()
+    manager.start(on_done=done.set)
+    try:
+        await manager.add_requests(['https://example.com/only'])
+        assert len(await drain(manager)) == 1
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(done.wait(), timeout=3)  # not the 10 s sync interval
+        assert asyncio.get_running_loop().time() - started < 1.5
+    finally:
+        await manager.close()
+
+
+async def test_a_url_the_kept_queue_had_handled_but_the_map_still_waits_for_is_fetched(store: KeyValueStore) -> None:
+    # An interrupted attempt fetched `late` but was stopped before it synced: the map still has it waiting, while
+    # the run's queue (kept: CRAWLEE_PURGE_ON_START=0) has it handled.
+    old_map = SharedMap(store, run_id='old', heartbeat_secs=0.01)
+    await old_map.initialize()
+    old_map.update({'https://example.com/late': 'enqueued', 'https://example.com/other': 'enqueued'})
+    await old_map.close()
+    queue = await RequestQueue.open(name='kept')
+    await queue.add_request(Request.from_url('https://example.com/late', unique_key='https://example.com/late'))
+    request = await queue.fetch_next_request()
+    assert request is not None
+    await queue.mark_request_as_handled(request)
+    shared = SharedMap(store, run_id='new', heartbeat_secs=0.01)
+    await shared.initialize()
+    manager = SharedRequestManager(queue, shared)
+    await manager.wait_for_runs(timeout_secs=0.1)
+    await manager._take_over_and_check_done()
+    assert sorted(await drain(manager)) == ['https://example.com/late', 'https://example.com/other']
