@@ -13,9 +13,10 @@ from ._backends import (
 )
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
 from ._records import FORMAT_VERSION
-from ._request_manager import FAILED, PROCESSED, SKIPPED, SharedRequestManager, SharingStats, map_key
+from ._request_manager import SharedRequestManager
 from ._shared_map import SharedMap, SyncMode
-from ._stats import RunStats, SyncResult
+from ._stats import RunStats, SharingStats, SyncResult
+from ._urls import FAILED, PROCESSED, SKIPPED, map_key
 from ._values import ENQUEUED
 
 __all__ = [

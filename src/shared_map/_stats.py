@@ -97,3 +97,25 @@ class RunStats:
         data['sync_seconds'] = round(self.sync_seconds, 4)
         data['max_sync_seconds'] = round(self.max_sync_seconds, 4)
         return data
+
+
+@dataclass
+class SharingStats:
+    """What the sharing saved and cost, for this run."""
+
+    known_skipped: int = 0
+    """Discovered URLs dropped because some run already knew them."""
+    handed_over: int = 0
+    """Discovered URLs left in the map for the run that owns them."""
+    taken_over: int = 0
+    """URLs this run queued from the map (handed over to it, or left by a run that died or finished)."""
+    skipped_before_fetch: int = 0
+    """Queued requests not fetched because another run had processed them meanwhile."""
+    left_to_owner: int = 0
+    """Queued requests not fetched because another live run owns them now (it queues and fetches them)."""
+    owner_changes: int = 0
+    """Times the set of live runs (hence URL ownership) changed."""
+    syncs: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)

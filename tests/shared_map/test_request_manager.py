@@ -11,11 +11,15 @@ from crawlee.storages import KeyValueStore, RequestQueue
 from src.shared_map import SharedMap, SharedRequestManager, map_key
 
 
-async def open_run(store: KeyValueStore, run_id: str, queue_name: str) -> tuple[SharedMap, SharedRequestManager]:
+async def open_run(
+    store: KeyValueStore, run_id: str, queue_name: str, *, dead_after_secs: float = 5
+) -> tuple[SharedMap, SharedRequestManager]:
     shared = SharedMap(store, run_id=run_id, heartbeat_secs=0.01)
     await shared.initialize()
     queue = await RequestQueue.open(name=queue_name)
-    manager = SharedRequestManager(queue, shared, sync_interval_secs=0.05, dead_after_secs=5, expected_runs=2)
+    manager = SharedRequestManager(
+        queue, shared, sync_interval_secs=0.05, dead_after_secs=dead_after_secs, expected_runs=2
+    )
     return shared, manager
 
 
@@ -36,11 +40,11 @@ async def test_each_url_has_one_owner_and_is_handed_over(store: KeyValueStore) -
     urls = [f'https://example.com/page-{i}' for i in range(200)]
     await a.add_requests(urls[:150])
     await b.add_requests(urls[50:])  # 100 of these a knows only after a sync
-    await a._sync()
-    await b._sync()
+    await a.sync()
+    await b.sync()
     await a.add_requests(urls)  # all known now: nothing new
-    await a._take_over_and_check_done()
-    await b._take_over_and_check_done()
+    await a.take_over()
+    await b.take_over()
     fetched = await drain(a) + await drain(b)
     counts = Counter(fetched)
     assert set(counts) == set(urls), 'every URL was fetched'
@@ -51,8 +55,8 @@ async def test_each_url_has_one_owner_and_is_handed_over(store: KeyValueStore) -
     assert all(a.owner(url) == b.owner(url) for url in urls), 'both runs agree on every owner'
     owners = Counter(a.owner(url) for url in urls)
     assert min(owners.values()) > 60, f'ownership is balanced: {owners}'
-    await b._sync()
-    await a._sync()
+    await b.sync()
+    await a.sync()
     assert all(a_map[map_key(url)] == 'processed' for url in urls)
 
 
@@ -73,23 +77,18 @@ async def test_urls_of_a_run_that_died_are_taken_over(store: KeyValueStore) -> N
     await dead.wait_for_runs(timeout_secs=0.1)
     await dead.add_requests([f'https://example.com/{i}' for i in range(50)])
     await dead_map.sync()  # then it dies: no more heartbeats, no final record
-    _alive_map, alive = await open_run(store, 'alive', 'queue-alive')
-    alive._dead_after = 0.3
-    await alive._sync()
+    _alive_map, alive = await open_run(store, 'alive', 'queue-alive', dead_after_secs=0.3)
+    await alive.sync()
     assert 'dead' in alive.live_runs
-    done: list[bool] = []
-    alive._on_done = lambda: done.append(True)
-    await alive._take_over_and_check_done()
+    assert not await alive.take_over()
     assert alive.stats.taken_over == 0, 'the dead run still counts as alive'
     await asyncio.sleep(0.4)
-    await alive._sync()
+    await alive.sync()
     assert alive.live_runs == ['alive']
-    await alive._take_over_and_check_done()
+    assert not await alive.take_over()
     assert alive.stats.taken_over == 50
     assert len(await drain(alive)) == 50
-    await alive._sync()
-    await alive._take_over_and_check_done()
-    assert done == [True], 'nothing is waiting any more: the crawl is done'
+    assert await alive.tick(), 'nothing is waiting any more: the crawl is done'
 
 
 def test_map_keys_are_fetchable_urls() -> None:
@@ -112,14 +111,13 @@ async def test_urls_left_by_an_earlier_attempt_are_fetched_once_by_the_new_runs(
     await parent.wait_for_runs(timeout_secs=0.1)
     _child_map, child = await open_run(store, 'new-child', 'queue-child')
     await child.wait_for_runs(timeout_secs=5)
-    await parent._sync()
+    await parent.sync()
     assert parent.live_runs == child.live_runs == ['new-child', 'new-parent']
     fetched: list[str] = []
     deadline = asyncio.get_running_loop().time() + 10
     while len(fetched) < len(urls) and asyncio.get_running_loop().time() < deadline:
         for manager in (parent, child):
-            await manager._sync()
-            await manager._take_over_and_check_done()
+            await manager.tick()
             fetched += await drain(manager)
         await asyncio.sleep(0.05)
     assert sorted(fetched) == sorted(urls), 'every waiting URL was fetched, each once'
@@ -135,18 +133,18 @@ async def test_a_queued_url_another_run_owns_now_is_left_to_it_and_comes_back(st
     await a_map.sync()
     b_map, b = await open_run(store, 'run-b', 'queue-b')
     await b.wait_for_runs(timeout_secs=5)
-    await a._sync()
+    await a.sync()
     assert a.live_runs == ['run-a', 'run-b']
     fetched_by_a = await drain(a)
     assert 0 < len(fetched_by_a) < len(urls), 'a fetched only the URLs it still owns'
     assert a.stats.left_to_owner == len(urls) - len(fetched_by_a)
     await b_map.close()  # b ends before fetching what it owns now: those URLs go back to a
-    await a._sync()
+    await a.sync()
     assert a.live_runs == ['run-a']
-    await a._take_over_and_check_done()
+    await a.take_over()
     fetched_by_a += await drain(a)
     assert sorted(fetched_by_a) == sorted(urls), 'a fetched the URLs it had let go, under fresh queue keys'
-    await a._sync()
+    await a.sync()
     assert all(a_map[url] == 'processed' for url in urls)
 
 
@@ -194,5 +192,5 @@ async def test_a_url_the_kept_queue_had_handled_but_the_map_still_waits_for_is_f
     await shared.initialize()
     manager = SharedRequestManager(queue, shared)
     await manager.wait_for_runs(timeout_secs=0.1)
-    await manager._take_over_and_check_done()
+    await manager.take_over()
     assert sorted(await drain(manager)) == ['https://example.com/late', 'https://example.com/other']

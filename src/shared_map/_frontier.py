@@ -1,0 +1,370 @@
+"""The crawl's frontier as one run sees it: who owns which URL, when to sync, what to take over, when it is done.
+
+`SharedRequestManager` (`_request_manager.py`) puts crawlee's `RequestManager` interface on top of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from crawlee import Request
+from crawlee.request_loaders import RequestManager
+
+from ._stats import SharingStats
+from ._urls import DONE, MAP_KEY_FIELD, rendezvous
+from ._values import ENQUEUED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._shared_map import SharedMap
+    from ._stats import SyncResult
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_SECS = 1.0
+"""How often a run with nothing to fetch syncs, so it learns of new work or of the end of the crawl quickly."""
+_MIN_SYNC_GAP_SECS = 0.2
+"""Least time between two syncs that a change of state (not the clock) asks for."""
+HUNGRY_BELOW = 20
+"""A run with fewer URLs waiting for it than this is about to run out of work: others publish their handovers sooner."""
+_CAREFUL_PER_RUN = 10
+"""With several runs, the last `10 x runs` pages of the limit are started one per sync per run."""
+_FAST_PACE = 50.0
+"""Pages per second a run is assumed to fetch when guessing when it runs out of work (a guess on the early side)."""
+
+
+class SharedFrontier(RequestManager):
+    """The sharing state and the background loop of a `SharedRequestManager` (see its docstring)."""
+
+    def __init__(
+        self,
+        inner: RequestManager,
+        shared: SharedMap,
+        *,
+        sync_interval_secs: float = 10.0,
+        dead_after_secs: float = 60.0,
+        expected_runs: int = 1,
+        depths: SharedMap | None = None,
+        max_processed: int | None = None,
+    ) -> None:
+        """Wrap `inner` (the run's own request queue).
+
+        Args:
+            inner: The run's request queue.
+            shared: The shared map of URL -> status (create it with `heartbeat_secs` below `dead_after_secs`).
+            sync_interval_secs: How often the background loop syncs while this run has requests to fetch.
+            dead_after_secs: A run silent for this long is taken for dead: its URLs move to the live runs.
+            expected_runs: How many runs take part; `wait_for_runs()` waits until it sees them.
+            depths: A second shared map of URL -> crawl depth, so a URL handed over keeps its depth (only needed
+                with a maximum crawl depth).
+            max_processed: Stop once this many URLs are processed (or failed) by all runs together: exact with one
+                run; with several, exceeded by at most what the other runs started but had not synced yet.
+        """
+        self._inner = inner
+        self._shared = shared
+        self._depths = depths
+        self._sync_interval = sync_interval_secs
+        self._idle_poll = min(IDLE_POLL_SECS, sync_interval_secs)
+        self._dead_after = dead_after_secs
+        self._expected_runs = expected_runs
+        self._max_processed = max_processed
+        self._live: list[str] = shared.live_runs(dead_after_secs)
+        # URLs already waiting when this run joined runs that were crawling: their owner before it joined may still
+        # fetch them from its queue until it sees this run, so this run leaves them alone for a grace period.
+        self._inherited: set[str] | None = None
+        self._join_others: list[str] = []
+        self._grace_until = 0.0
+        # Map keys in this run's queue (queued or in flight) and not handled yet.
+        self._queued: set[str] = set()
+        # Map keys whose queued request was marked handled unfetched (another run owned it): the queue would ignore
+        # the same unique key again, so taking such a URL over again queues it under a fresh one.
+        self._let_go: set[str] = set()
+        self._requeues = 0
+        # Whether this run's queue held handled requests before this run (kept from an interrupted attempt).
+        self._queue_had_history: bool | None = None
+        self._handled = 0  # requests this run marked handled in its queue
+        self._started: set[str] = set()  # map keys handed out to the crawler by this run
+        self._in_flight = 0
+        self._others_done = 0  # pages the other runs processed or failed, as of the last scan
+        self._allowance: int | None = None  # requests this run may start before its next sync (with a limit)
+        self._owner_cache: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._on_done: Callable[[], Any] | None = None
+        self._done = False
+        self._rescan = True
+        self._wake = asyncio.Event()  # set when the loop should re-consider when to sync
+        self._sync_now = False  # this run ran out of work, used up its share of the limit, or ended its last request
+        self._idle = False
+        self._handed_since_sync = 0
+        # When another live run is expected to run out of work (from what waited for it at the last scan): from then
+        # on, this run publishes the URLs it hands over about once a second.
+        self._others_hungry_at = float('inf')
+        self._last_sync_at = float('-inf')
+        self._last_report: tuple[int, int, int, int] | None = None
+        self._last_report_at = float('-inf')
+        self.stats = SharingStats()
+        self.last_sync: SyncResult | None = None
+        if max_processed is not None:  # pages processed before this run started (e.g. an earlier attempt) count
+            self._others_done = sum(1 for status in shared.values() if status in DONE)
+            self._update_allowance()
+
+    @property
+    def live_runs(self) -> list[str]:
+        """The runs that currently share the crawl, as of the last sync."""
+        return list(self._live)
+
+    @property
+    def started(self) -> int:
+        """Requests this run handed out to the crawler (each URL once, retries not counted)."""
+        return len(self._started)
+
+    # ------------------------------------------------------------------ ownership
+
+    def owner(self, url: str) -> str:
+        """The live run that should fetch `url`: the highest hash of (run, url) wins (rendezvous hashing)."""
+        runs = self._live
+        if len(runs) == 1:
+            return runs[0]
+        owner = self._owner_cache.get(url)
+        if owner is None:
+            owner = rendezvous(runs, url)
+            if len(self._owner_cache) > 200_000:
+                self._owner_cache.clear()
+            self._owner_cache[url] = owner
+        return owner
+
+    def _refresh_live_runs(self) -> None:
+        live = self._shared.live_runs(self._dead_after)
+        if live != self._live:
+            logger.info('Runs sharing the crawl: %s (was %s).', ', '.join(live), ', '.join(self._live))
+            self._live = live
+            self._owner_cache.clear()
+            self.stats.owner_changes += 1
+            self._rescan = True
+
+    def _held_back(self) -> bool:
+        """Whether the limit (or this run's share of what is left of it) keeps this run from starting requests."""
+        return self._allowance is not None and self._allowance <= 0
+
+    def _note_idle(self) -> None:
+        """Sync when this run runs out of work, so its handovers and the end of the crawl are not delayed."""
+        if not self._idle:
+            self._idle = True
+            self._sync_soon()
+
+    def _sync_soon(self) -> None:
+        self._sync_now = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def wait_for_runs(self, timeout_secs: float) -> list[str]:
+        """Sync until `expected_runs` runs are seen (or the timeout passes), so ownership is stable from the start."""
+        deadline = time.monotonic() + timeout_secs
+        while True:
+            await self.sync()
+            if len(self._live) >= self._expected_runs or time.monotonic() >= deadline:
+                return self.live_runs
+            await asyncio.sleep(min(0.25, self._idle_poll))  # a short phase: the crawl starts once all are seen
+
+    def start(self, *, on_done: Callable[[], Any]) -> None:
+        """Start the background loop; `on_done` is called once the whole crawl is done (e.g. `crawler.stop`)."""
+        self._on_done = on_done
+        self._sync_soon()  # a first round at once: queue the URLs this run owns (e.g. when resuming a crawl)
+        self._task = asyncio.create_task(self._loop(), name='shared-request-manager')
+
+    async def close(self) -> None:
+        """Stop the background loop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while not self._done:
+            self._wake.clear()
+            delay = await self._next_sync_delay()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue  # woken or due: decide again
+            self._sync_now = False
+            try:
+                await self.tick()
+            except Exception as exc:  # The crawl goes on with local state; the next round retries.
+                logger.warning('Sharing the crawl state failed, will retry in %.1f s: %s', self._idle_poll, exc)
+                await asyncio.sleep(self._idle_poll)
+
+    async def _next_sync_delay(self) -> float:
+        """Seconds until the next sync: soon when this run ran out of work, ~1 s while idle or others starve."""
+        idle = await self.is_empty()  # may find that this run just ran out of work
+        now = time.monotonic()
+        hungry_in = self._others_hungry_at - now if self._handed_since_sync else float('inf')
+        if self._sync_now:
+            interval = _MIN_SYNC_GAP_SECS
+        elif idle or hungry_in <= 0:
+            interval = self._idle_poll
+        else:
+            interval = self._sync_interval
+        delay = self._last_sync_at + interval - now
+        if hungry_in > 0:
+            delay = min(delay, hungry_in)  # then decide again: with others hungry, sync about once a second
+        if self._grace_until:
+            delay = min(delay, self._grace_until - now)
+        return delay
+
+    async def tick(self) -> bool:
+        """One round of the loop: sync, queue the URLs this run owns, and check whether the crawl is done."""
+        await self.sync()
+        return await self.take_over()
+
+    async def sync(self) -> None:
+        """Sync the shared maps and learn which runs are live (hence who owns what)."""
+        self._last_sync_at = time.monotonic()
+        self._handed_since_sync = 0
+        result = await self._shared.sync()
+        if self._depths is not None:
+            await self._depths.sync()
+        self.stats.syncs += 1
+        self.last_sync = result
+        if result.entries_changed:
+            self._rescan = True
+        self._refresh_live_runs()
+        self._update_allowance()
+        if self._inherited is None:
+            self._join_others = [run for run in self._live if run != self._shared.run_id]
+            waiting = {url for url, status in self._shared.items() if status == ENQUEUED}
+            self._inherited = waiting if self._join_others else set()
+            if self._inherited:
+                # The others see this run within their sync interval, then leave these URLs to their new owner.
+                self._grace_until = time.monotonic() + self._sync_interval + 2 * self._idle_poll
+
+    async def take_over(self) -> bool:
+        """Queue the waiting URLs this run owns and has not queued; whether the whole crawl is done.
+
+        Once it is done, `on_done` (given to `start()`) is called.
+        """
+        me = self._shared.run_id
+        waiting = done = mine_done = 0
+        mine: list[str] = []
+        if self._grace_until and time.monotonic() >= self._grace_until:
+            self._inherited, self._grace_until, self._rescan = set(), 0.0, True
+        live = set(self._live)
+        inherited = self._inherited or set()
+        rescan = self._rescan
+        waiting_for: dict[str, int] = dict.fromkeys(live - {me}, 0)  # URLs waiting for each other run
+        for url, status in self._shared.items():  # Synchronous: the map cannot change during the scan.
+            if status == ENQUEUED:
+                waiting += 1
+                if not rescan or url in self._queued:
+                    continue
+                owner = self.owner(url)
+                if owner != me:
+                    waiting_for[owner] = waiting_for.get(owner, 0) + 1
+                elif not (url in inherited and rendezvous(self._join_others, url) in live):
+                    mine.append(url)
+            elif status in DONE:
+                done += 1
+                if url in self._started:
+                    mine_done += 1
+        if rescan:
+            self._expect_hunger(waiting_for)
+        self._rescan = False
+        self._others_done = done - mine_done
+        if mine:
+            await self._queue_taken_over(mine)
+        self._update_allowance()
+        self._report(waiting, done)
+        known = len(self._started) + self._others_done
+        limit_reached = self._max_processed is not None and known >= self._max_processed
+        if self._in_flight == 0 and (limit_reached or (waiting == 0 and await self._inner.is_finished())):
+            self._done = True
+            reason = 'the limit of processed pages was reached' if limit_reached else 'no URL is waiting in any run'
+            logger.info('The shared crawl is done: %s (%d processed or failed).', reason, max(done, known))
+            if self._on_done is not None:
+                self._on_done()
+        return self._done
+
+    def _expect_hunger(self, waiting_for: dict[str, int]) -> None:
+        """Guess when the first other live run runs out of work, from what waits for it now."""
+        least = min(waiting_for.values(), default=None)
+        self._others_hungry_at = (
+            float('inf') if least is None else time.monotonic() + max(0, least - HUNGRY_BELOW) / _FAST_PACE
+        )
+
+    async def _queue_taken_over(self, urls: list[str]) -> None:
+        fresh = [url for url in urls if url not in self._let_go]
+        again = [url for url in urls if url in self._let_go]
+        if self._queue_had_history is None:
+            self._queue_had_history = await self._inner.get_handled_count() > self._handled
+        if self._queue_had_history:
+            for url in fresh:  # one by one, to learn which ones the queue had handled already
+                result = await self._inner.add_request(self._request_from_map(url))
+                if result is not None and result.was_already_handled:
+                    # Handled in this queue by an interrupted attempt, yet still waiting in the map: fetch it again.
+                    again.append(url)
+        elif fresh:
+            await self._inner.add_requests([self._request_from_map(url) for url in fresh])
+        if again:
+            await self._inner.add_requests([self._request_from_map(url, fresh_key=True) for url in again])
+            self._let_go.difference_update(again)
+        self._queued.update(urls)
+        self._idle = False
+        self.stats.taken_over += len(urls)
+        logger.info('Took over %d URLs from the shared map.', len(urls))
+
+    def _update_allowance(self) -> None:
+        """How many requests this run may start before its next sync, so that all runs together keep the limit.
+
+        A run sees its own starts at once but the others' only as the pages they processed and synced. One run may
+        take all that is left. Several each take their share of what is left above a reserve, then sync again; within
+        the reserve, each starts one request per sync, so what the others started unseen is about what they have in
+        flight.
+        """
+        if self._max_processed is None:
+            return
+        left = self._max_processed - len(self._started) - self._others_done
+        runs = len(self._live)
+        reserve = _CAREFUL_PER_RUN * runs if runs > 1 else 0
+        if left > reserve:
+            self._allowance = math.ceil((left - reserve) / runs)
+        else:
+            self._allowance = 1 if left > 0 else 0
+
+    def _report(self, waiting: int, done: int) -> None:
+        """Log the state of the crawl when it changed, at most once per sync interval."""
+        now = time.monotonic()
+        report = (len(self._shared), done, waiting, len(self._live))
+        if report == self._last_report or now - self._last_report_at < self._sync_interval:
+            return
+        self._last_report, self._last_report_at = report, now
+        sync = self.last_sync
+        logger.info(
+            'Shared map: %d URLs known, %d processed or failed, %d waiting; %d runs live, %d owner changes; '
+            'duplicates avoided: %d known links, %d processed elsewhere; sync %.2f s, %d records read.',
+            *report,
+            self.stats.owner_changes,
+            self.stats.known_skipped,
+            self.stats.skipped_before_fetch,
+            sync.seconds if sync else 0.0,
+            sync.records_read if sync else 0,
+        )
+
+    def _request_from_map(self, url: str, *, fresh_key: bool = False) -> Request:
+        if fresh_key:
+            self._requeues += 1
+            request = Request.from_url(url, unique_key=f'{url}#again-{self._shared.run_id}-{self._requeues}')
+            request.user_data[MAP_KEY_FIELD] = url
+        else:
+            request = Request.from_url(url, unique_key=url)
+        depth = self._depths.get(url) if self._depths is not None else None
+        if isinstance(depth, int):
+            request.crawl_depth = depth
+        return request
