@@ -15,10 +15,12 @@ from apify import Actor
 from crawlee import ConcurrencySettings
 from crawlee.crawlers import BeautifulSoupCrawler
 
-from .fanout import SUMMARY_PREFIX, ChildRun, fan_out, summary_table
+from .fanout import SUMMARY_PREFIX, fan_out
 from .input import CrawlerInput, InputError
 from .routes import router
 from .shared_map import SharedMap, SharedRequestManager
+from .summary import report_runs, top_error
+from .supervisor import Supervisor
 
 
 async def main() -> None:
@@ -34,14 +36,17 @@ async def main() -> None:
             Actor.log.warning(f'Ignoring unknown input fields: {", ".join(crawl_input.unknown_fields)}')
         run_id = Actor.configuration.actor_run_id or f'local-{uuid.uuid4().hex[:8]}'
         children = await fan_out(crawl_input, run_id)
+        supervisor = Supervisor(children)  # SIGINT/SIGTERM stop this run and its children cleanly
+        supervisor.install()
         try:
-            await crawl(crawl_input, run_id, children)
+            await crawl(crawl_input, run_id, supervisor)
         finally:
+            await supervisor.close()
             for child in children:
                 child.stop_if_running()  # a failed parent must not leave local child processes behind
 
 
-async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]) -> None:
+async def crawl(crawl_input: CrawlerInput, run_id: str, supervisor: Supervisor) -> None:
     """This run's share of the crawl; the parent also prints every run's summary at the end."""
     started = time.monotonic()
 
@@ -56,7 +61,7 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
     }
     if not crawl_input.use_shared_map:  # Runs that share nothing: the baseline the benchmark compares with.
         crawler = BeautifulSoupCrawler(max_requests_per_crawl=crawl_input.max_requests_per_crawl, **crawler_options)
-        await crawler.run(crawl_input.start_urls)
+        await supervisor.run_crawler(crawler, crawl_input.start_urls)
         summary = {'runId': run_id, 'pagesProcessed': crawler.statistics.state.requests_finished}
         await Actor.set_value('OUTPUT', summary)
         return
@@ -81,9 +86,11 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
     )
     # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
     crawler = BeautifulSoupCrawler(request_manager=manager, keep_alive=True, **crawler_options)
-    await manager.wait_for_runs(timeout_secs=max(60.0, 3 * crawl_input.sync_interval_secs))
+    await supervisor.wait_unless_stopped(
+        manager.wait_for_runs(timeout_secs=max(60.0, 3 * crawl_input.sync_interval_secs))
+    )
     manager.start(on_done=crawler.stop)
-    await crawler.run(crawl_input.start_urls)
+    await supervisor.run_crawler(crawler, crawl_input.start_urls)
     await manager.close()
     if depths is not None:
         await depths.close()
@@ -98,27 +105,23 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
         'storeOperations': shared.stats.store_operations + (depths.stats.store_operations if depths else 0),
         'entriesInMap': len(shared),
         'seconds': round(time.monotonic() - started, 2),
+        'topError': top_error(crawler),
     }
     await Actor.set_value('OUTPUT', summary)
     await shared.store.set_value(f'{SUMMARY_PREFIX}{run_id}', summary)
     Actor.log.info(f'Run summary: {summary}')
 
-    if children:
-        for child in children:
-            await child.wait()
-        summaries = [summary]
-        for child in children:
-            child_summary = await shared.store.get_value(f'{SUMMARY_PREFIX}{child.run_id}')
-            summaries.append(child_summary or _missing_summary(child.run_id))
-        Actor.log.info('Parallel runs:\n' + summary_table(summaries))
+    verdict = await report_runs(
+        summary,
+        supervisor.children,
+        shared.store,
+        whole_crawl=not crawl_input.is_child,
+        stopped_by=supervisor.stop_signal,
+    )
+    if verdict.exit_code:
+        await Actor.fail(exit_code=verdict.exit_code, status_message=verdict.message)
 
 
 def _camel(name: str) -> str:
     head, *rest = name.split('_')
     return head + ''.join(part.title() for part in rest)
-
-
-def _missing_summary(run_id: str) -> dict[str, Any]:
-    names = ['pagesProcessed', 'pagesFailed', 'knownSkipped', 'handedOver', 'takenOver', 'skippedBeforeFetch']
-    return {'runId': f'{run_id} (no summary: failed?)', **dict.fromkeys(names, 0), 'syncs': 0, 'storeOperations': 0,
-            'seconds': 0.0}  # fmt: skip
