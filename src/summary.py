@@ -104,10 +104,11 @@ def judge(rows: list[dict[str, Any]], *, whole_crawl: bool, stopped_by: int | No
         for row in rows[1:]
         if row['status'] != OK and not (stopped_by and row['status'].startswith('stopped'))
     ]
-    if failed_pages:
+    if failed_pages and pages:  # with no page fetched at all, the verdict itself says why
         errors = sorted({row['topError'] for row in rows if row.get('topError')})
+        noun = 'page' if failed_pages == 1 else 'pages'
         warnings.append(
-            f'{failed_pages} pages failed after all retries' + (f': {"; ".join(errors)}' if errors else '.')
+            f'{failed_pages} {noun} failed after all retries' + (f': {"; ".join(errors)}' if errors else '.')
         )
     if stopped_by is not None:
         name = _signal_name(stopped_by)

@@ -102,6 +102,10 @@ def test_the_verdict_on_a_crawl() -> None:
     nothing = judge([row('a', 'ok', 0, 1, 'ConnectError (4x)')], whole_crawl=True, stopped_by=None)
     assert nothing.exit_code == 1
     assert nothing.message.startswith('No page was fetched (1 failed): ConnectError (4x).')
+    assert nothing.warnings == [], 'the message says it all'
+    some = judge([row('a', 'ok', 10, 2, 'HttpStatusError (2x)')], whole_crawl=True, stopped_by=None)
+    assert some.exit_code == 0
+    assert some.warnings == ['2 pages failed after all retries: HttpStatusError (2x)']
     every = judge([row('a', 'failed (exit 1)', 3), row('b', 'failed (exit 1)', 4)], whole_crawl=True, stopped_by=None)
     assert every.exit_code == 1
     stopped = judge([row('a', 'stopped (SIGINT)', 3), row('b', 'stopped (SIGTERM)', 4)], whole_crawl=True,
