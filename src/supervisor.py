@@ -83,9 +83,11 @@ class Supervisor:
             callback()
 
     async def run_crawler(self, crawler: BasicCrawler[Any, Any], requests: list[str]) -> None:
-        """`crawler.run(requests)` with this supervisor's signal handlers in force instead of crawlee's."""
-        if self.stop_requested:
-            return
+        """`crawler.run(requests)` with this supervisor's signal handlers in force instead of crawlee's.
+
+        If a stop was requested already, the crawler still runs, stopped from the start: it then ends at once with
+        its statistics loaded, for the summary.
+        """
         self.on_stop(crawler.stop)
         reclaim = asyncio.create_task(self._reclaim_signals(crawler), name='reclaim-stop-signals')
         try:

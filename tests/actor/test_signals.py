@@ -141,3 +141,19 @@ def test_the_resume_hint_is_a_command_that_resumes(site: RunningSite, tmp_path: 
     assert stats['duplicates'] == 0
     urls = dataset_urls(storage)
     assert len(urls) == len(set(urls)) == site.pages, 'the results of both attempts, each page once'
+
+
+def test_a_stop_while_waiting_for_the_other_runs_to_start_is_clean(site: RunningSite, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / 'project')
+    storage = project / 'storage'
+    log_path = tmp_path / 'out.log'
+    proc = start_actor(project, crawl_input(site, 3), log_path)
+    # The parent waits until it sees every run before crawling; the children take a second or two to start.
+    wait_until(lambda: 'more local runs as processes' in log_path.read_text(errors='replace'), 60, 'the fan-out')
+    proc.send_signal(signal.SIGINT)
+    code, log = finish(proc, 60, log_path)  # also waits for the children: bounded
+    assert code == 130, log[-3000:]
+    assert_clean_stop(log, 130)
+    assert 'Stopped by SIGINT' in log
+    for child_log in child_logs(storage):  # stopped as they started, or killed before they could listen: no trace
+        assert 'Traceback' not in child_log
