@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,29 @@ from .input import CrawlerInput
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PREFIX = 'RUN-SUMMARY.'
 
+# Variables that describe the parent's own run and storages: a child inheriting them would, e.g., look for its input
+# under the temporary key `apify run` gives the parent (`__CLI_INPUT`), a record that is not in the child's folder.
+_PER_RUN_VARIABLES = frozenset(
+    {
+        'ACTOR_DEFAULT_DATASET_ID',
+        'ACTOR_DEFAULT_KEY_VALUE_STORE_ID',
+        'ACTOR_DEFAULT_REQUEST_QUEUE_ID',
+        'APIFY_DEFAULT_DATASET_ID',
+        'APIFY_DEFAULT_KEY_VALUE_STORE_ID',
+        'APIFY_DEFAULT_REQUEST_QUEUE_ID',
+        'ACTOR_STORAGES_JSON',
+        'APIFY_ACT_RUN_ID',
+        'ACTOR_STARTED_AT',
+        'APIFY_STARTED_AT',
+        'ACTOR_WEB_SERVER_PORT',
+        'ACTOR_WEB_SERVER_URL',
+        'APIFY_CONTAINER_PORT',
+        'APIFY_CONTAINER_URL',
+        'ACTOR_STANDBY_URL',
+    }
+)
+_ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
 
 @dataclass
 class ChildRun:
@@ -31,18 +57,43 @@ class ChildRun:
     run_id: str
     process: subprocess.Popen[bytes] | None = None
     storage_dir: Path | None = None
+    exit_code: int | None = None
+    """Set by `wait()` for a local process: 0, an exit code, or minus the number of the signal that killed it."""
+    platform_status: str | None = None
+    """Set by `wait()` on the platform: `SUCCEEDED`, `FAILED`, `ABORTED`, `TIMED-OUT`."""
 
     def stop_if_running(self) -> None:
         """Terminate a local child process that is still running (no-op on the platform)."""
+        self.send_signal(signal.SIGTERM)
+
+    def send_signal(self, signum: int) -> None:
+        """Send `signum` to a local child process that is still running (no-op on the platform)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signum)
 
     async def wait(self) -> int | None:
-        """Wait until the run ends; its exit code (None on the platform, where the status says more)."""
+        """Wait until the run ends; its exit code (None on the platform, where `platform_status` says more)."""
         if self.process is not None:
-            return await asyncio.to_thread(self.process.wait)
-        await Actor.apify_client.run(self.run_id).wait_for_finish()
+            self.exit_code = await asyncio.to_thread(self.process.wait)
+            return self.exit_code
+        run = await Actor.apify_client.run(self.run_id).wait_for_finish()
+        self.platform_status = str(run.status) if run else None
         return None
+
+    def dataset_items(self) -> int | None:
+        """How many items a local child saved in its dataset (None on the platform)."""
+        if self.storage_dir is None:
+            return None
+        folder = self.storage_dir / 'datasets' / 'default'
+        return sum(1 for path in folder.glob('*.json') if path.name != '__metadata__.json')
+
+    def last_error(self) -> str | None:
+        """The last error line of a local child's log (its `log.txt`), to say why it failed."""
+        if self.storage_dir is None or not (self.storage_dir / 'log.txt').exists():
+            return None
+        lines = (self.storage_dir / 'log.txt').read_text(errors='replace').splitlines()
+        errors = [_ANSI.sub('', line).strip() for line in lines if 'ERROR' in line or 'Error' in line]
+        return errors[-1] if errors else None
 
 
 def child_input(crawl_input: CrawlerInput, parent_run_id: str, local_storage: Path | None) -> dict[str, Any]:
@@ -83,35 +134,36 @@ def _start_local_child(crawl_input: CrawlerInput, parent_run_id: str, storage: P
     input_dir = storage_dir / 'key_value_stores' / 'default'
     input_dir.mkdir(parents=True, exist_ok=True)
     (input_dir / 'INPUT.json').write_text(json.dumps(child_input(crawl_input, parent_run_id, storage), indent=2))
-    env = {
-        **os.environ,
-        'CRAWLEE_STORAGE_DIR': str(storage_dir),
-        'APIFY_LOCAL_STORAGE_DIR': str(storage_dir),
-        'ACTOR_RUN_ID': run_id,
-        'APIFY_ACTOR_RUN_ID': run_id,
-        'CRAWLEE_PURGE_ON_START': '1',  # purges only this child's own default storages
-    }
     log = (storage_dir / 'log.txt').open('wb')
     process = subprocess.Popen(
-        [sys.executable, '-m', 'src'], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, '-m', 'src'],
+        cwd=PROJECT_ROOT,
+        env=child_env(os.environ, storage_dir=storage_dir, run_id=run_id),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     return ChildRun(run_id=run_id, process=process, storage_dir=storage_dir)
 
 
-def summary_table(summaries: list[dict[str, Any]]) -> str:
-    """A Markdown table of the runs' summaries."""
-    lines = [
-        '| run | pages | failed | known links skipped | handed over | taken over | skipped before fetch '
-        '| syncs | store ops | ops/page | seconds | pages/s |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ]
-    for s in summaries:
-        pages = s['pagesProcessed']
-        lines.append(
-            f'| {s["runId"]} | {pages} | {s["pagesFailed"]} | {s["knownSkipped"]} | {s["handedOver"]} '
-            f'| {s["takenOver"]} | {s["skippedBeforeFetch"]} | {s["syncs"]} | {s["storeOperations"]} '
-            f'| {s["storeOperations"] / max(pages, 1):.3f} | {s["seconds"]:.1f} '
-            f'| {pages / max(s["seconds"], 1e-9):.1f} |'
-        )
-    return '\n'.join(lines)
+def child_env(base: Mapping[str, str], *, storage_dir: Path, run_id: str) -> dict[str, str]:
+    """The environment of a local child run: the parent's, with the child's own run id, storages and input.
+
+    The input key is set to `INPUT` explicitly: `apify run` sets `ACTOR_INPUT_KEY` (and its aliases) to `__CLI_INPUT`
+    or `INPUT` for the parent, and turns purging off; the child's INPUT is `<storage_dir>/.../default/INPUT.json`.
+    """
+    env = {key: value for key, value in base.items() if key not in _PER_RUN_VARIABLES}
+    env.update(
+        {
+            'CRAWLEE_STORAGE_DIR': str(storage_dir),
+            'APIFY_LOCAL_STORAGE_DIR': str(storage_dir),
+            'ACTOR_RUN_ID': run_id,
+            'APIFY_ACTOR_RUN_ID': run_id,
+            'ACTOR_INPUT_KEY': 'INPUT',
+            'APIFY_INPUT_KEY': 'INPUT',
+            'CRAWLEE_INPUT_KEY': 'INPUT',
+            'CRAWLEE_PURGE_ON_START': '1',  # purges only this child's own default storages
+            'APIFY_PURGE_ON_START': '1',
+        }
+    )
+    return env

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+async def read_input() -> CrawlerInput | None:
+    """The run's input, validated, with the shared store checked; None (the run failed, saying why) if invalid."""
+    try:
+        crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
+        await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
+    except InputError as exc:
+        Actor.log.error(str(exc))
+        await Actor.fail(status_message=str(exc))
+        return None
+    if crawl_input.unknown_fields:
+        Actor.log.warning(f'Ignoring unknown input fields: {", ".join(crawl_input.unknown_fields)}')
+    return crawl_input
+
+
 async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:
     """Open the shared store before any child run starts; when it already holds a crawl, keep this run's dataset.
 

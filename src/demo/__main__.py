@@ -50,9 +50,16 @@ def main() -> None:
     started = time.monotonic()
     with (storage / 'log.txt').open('wb') as log:
         actor = subprocess.Popen([sys.executable, '-m', 'src'], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while actor.poll() is None:
-            time.sleep(2)
-            print(f'  {time.monotonic() - started:5.0f} s: {_progress(storage, site.stats.snapshot())}', flush=True)
+        try:
+            while actor.poll() is None:
+                time.sleep(2)
+                print(f'  {time.monotonic() - started:5.0f} s: {_progress(storage, site.stats.snapshot())}', flush=True)
+        except KeyboardInterrupt:  # Ctrl-C reached the actor too: it stops every run cleanly; wait for that
+            print('\nStopping: each run finishes its pages in flight and does a final sync...', flush=True)
+            actor.wait(timeout=120)
+            site.stop()
+            print(f'Stopped after {_progress(storage, site.stats.snapshot())}; see {storage / "log.txt"}.')
+            sys.exit(130)
     wall = time.monotonic() - started
     stats = site.stats.snapshot()
     site.stop()

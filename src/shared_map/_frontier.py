@@ -164,8 +164,14 @@ class SharedFrontier(RequestManager):
 
     # ------------------------------------------------------------------ the loop
 
-    async def wait_for_runs(self, timeout_secs: float) -> list[str]:
-        """Sync until `expected_runs` runs are seen (or the timeout passes), so ownership is stable from the start."""
+    async def wait_for_runs(self, timeout_secs: float | None = None) -> list[str]:
+        """Sync until `expected_runs` runs are seen, so ownership is stable from the start.
+
+        Args:
+            timeout_secs: Give up waiting after this long (default: 3 sync intervals, at least 60 s).
+        """
+        if timeout_secs is None:
+            timeout_secs = max(60.0, 3 * self._sync_interval)
         deadline = time.monotonic() + timeout_secs
         while True:
             await self.sync()

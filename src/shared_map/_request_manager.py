@@ -50,10 +50,11 @@ class SharedRequestManager(SharedFrontier):
         ```python
         async with SharedRequestManager.open_crawl('crawl-state', expected_runs=3) as manager:
             crawler = BeautifulSoupCrawler(request_handler=router, request_manager=manager, keep_alive=True)
+            await manager.wait_for_runs()
             await manager.run(crawler, start_urls)
         ```
 
-        `open_crawl` opens the shared maps, waits for the other runs, and on any exit (an error included) stops the
+        `open_crawl` opens the shared maps and the run's queue, and on any exit (an error included) stops the
         loop, does a final sync, releases the lease and marks this run finished, so the others never wait for it.
         For finer control: `SharedRequestManager.open(shared)`, `start(on_done=...)`, `tick()`, `close()`.
     """
@@ -111,7 +112,6 @@ class SharedRequestManager(SharedFrontier):
                 max_processed=max_processed,
             )
             try:
-                await manager.wait_for_runs(timeout_secs=max(60.0, 3 * sync_interval_secs))
                 yield manager
             finally:
                 await manager.close()
@@ -120,7 +120,10 @@ class SharedRequestManager(SharedFrontier):
                 await shared.close()
 
     async def run(self, crawler: BasicCrawler[Any, Any], requests: Sequence[str | Request]) -> None:
-        """Run `crawler` (built with this request manager and `keep_alive=True`) until the whole crawl is done."""
+        """Run `crawler` (built with this request manager and `keep_alive=True`) until the whole crawl is done.
+
+        Call `wait_for_runs()` first, so that ownership is stable from the start.
+        """
         self.start(on_done=crawler.stop)
         await crawler.run(requests)
 

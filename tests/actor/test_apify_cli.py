@@ -1,50 +1,94 @@
-"""`apify run` (the Apify CLI from npm, installed by `make test` into .tools/) runs the actor on the local site."""
+"""`apify run` (the Apify CLI from npm, installed by `make test` into .tools/) in the root of a full project copy.
+
+The copy holds every file git knows (as a fresh clone does: `.actor/`, `src/`, `tests/`, `bench/`, `docs/`, ...),
+so the CLI's project checks see the real layout.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
+import re
+import signal
 from pathlib import Path
 
 import pytest
 
 from src.demo.site import serve_site
-
-ROOT = Path(__file__).resolve().parents[2]
-APIFY = ROOT / '.tools' / 'node_modules' / '.bin' / 'apify'
+from tests.actor.project import (
+    APIFY,
+    child_logs,
+    copy_project,
+    dataset_urls,
+    finish,
+    outputs,
+    start,
+    table_rows,
+    wait_until,
+    write_input,
+)
 
 pytestmark = pytest.mark.skipif(not APIFY.exists(), reason='the Apify CLI is not installed (no npm): `make test` does')
 
 
-def test_apify_run_in_a_copy_of_the_project(tmp_path: Path) -> None:
-    project = tmp_path / 'project'
-    project.mkdir()
-    for name in ('src', '.actor'):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns('__pycache__'))
-    (project / '.venv').symlink_to(ROOT / '.venv')  # `apify run` uses .venv/bin/python3 when it exists
+@pytest.mark.parametrize('runs', [1, 3])
+def test_apify_run_in_the_project_root(tmp_path: Path, runs: int) -> None:
+    project = copy_project(tmp_path / 'project')
     site = serve_site(60)
     try:
-        input_dir = project / 'storage' / 'key_value_stores' / 'default'
-        input_dir.mkdir(parents=True)
-        actor_input = {'startUrls': [{'url': site.url}], 'syncIntervalSecs': 0.5, 'deadRunTimeoutSecs': 5}
-        (input_dir / 'INPUT.json').write_text(json.dumps(actor_input))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(('CRAWLEE_', 'APIFY_', 'ACTOR_'))}
-        env['APIFY_CLI_DISABLE_TELEMETRY'] = '1'
-        result = subprocess.run(
-            [str(APIFY), 'run', '--purge'],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+        storage = project / 'storage'
+        write_input(
+            storage,
+            {'startUrls': [{'url': site.url}], 'parallelRuns': runs, 'syncIntervalSecs': 0.5, 'deadRunTimeoutSecs': 5},
         )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert site.stats.snapshot()['distinct'] == 60
-        summary = json.loads((input_dir / 'OUTPUT').read_text())
-        assert summary['pagesProcessed'] == 60
-        assert (project / 'storage' / 'key_value_stores' / 'shared-crawl-state').is_dir()
+        # With an input schema, `apify run` gives the actor a copy of INPUT under the key `__CLI_INPUT` (with the
+        # schema's defaults): the child runs must still read their own INPUT.
+        code, log = finish(start([str(APIFY), 'run'], cwd=project, log=tmp_path / 'out.log'), 300, tmp_path / 'out.log')
+        assert code == 0, log[-4000:]
+        assert 'Multiple Python packages' not in log
+        assert site.stats.snapshot()['distinct'] == 60, 'every page of the site was fetched'
+        urls = dataset_urls(storage)
+        assert len(urls) == len(set(urls)) == 60, 'every page is in the results exactly once'
+        summaries = outputs(storage)
+        assert len(summaries) == runs, 'every run wrote its OUTPUT'
+        assert sum(summary['pagesProcessed'] for summary in summaries) == 60
+        for child_log in child_logs(storage):
+            assert 'Invalid input' not in child_log
+        if runs > 1:
+            rows = table_rows(log)
+            assert len(rows) == runs
+            assert all(row[1] == 'ok' for row in rows.values()), rows
+    finally:
+        site.stop()
+
+
+def test_ctrl_c_under_apify_run_stops_cleanly_and_apify_run_no_purge_resumes(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: the CLI and the actor."""
+    project = copy_project(tmp_path / 'project')
+    site = serve_site(200, delay_secs=0.03)
+    try:
+        storage = project / 'storage'
+        write_input(storage, {'startUrls': [{'url': site.url}], 'maxConcurrency': 3, 'syncIntervalSecs': 0.5})
+        proc = start([str(APIFY), 'run'], cwd=project, log=tmp_path / 'first.log')
+        wait_until(lambda: site.stats.snapshot()['fetches'] >= 40, 120, '40 pages fetched')
+        os.killpg(proc.pid, signal.SIGINT)
+        _, log = finish(proc, 60, tmp_path / 'first.log')  # the CLI's own exit code says only that Python was signalled
+        assert 'Traceback' not in log
+        assert re.search(r"Shared map 'SM' \(run [\w-]+\) closed", log), 'a final sync'
+        assert 'Stopped by SIGINT' in log
+        assert '"exit_code": 130' in log
+        assert 'apify run --no-purge' in log, 'the resume hint'
+        first = site.stats.snapshot()
+        assert first['distinct'] < site.pages, 'the crawl was stopped before the end'
+        urls = dataset_urls(storage)
+        assert len(urls) == len(set(urls)) == first['distinct'], 'every page fetched before the stop was saved once'
+
+        code, log = finish(start([str(APIFY), 'run', '--no-purge'], cwd=project, log=tmp_path / 'second.log'), 300,
+                           tmp_path / 'second.log')  # fmt: skip
+        assert code == 0, log[-4000:]
+        stats = site.stats.snapshot()
+        assert stats['distinct'] == site.pages, 'the resumed crawl fetched every page'
+        assert stats['duplicates'] == 0
+        urls = dataset_urls(storage)
+        assert len(urls) == len(set(urls)) == site.pages, 'the results of both attempts, each page once'
     finally:
         site.stop()
