@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from apify import Actor, Event
+from crawlee import service_locator
 from crawlee.events._types import EventMigratingData, EventPersistStateData
 from crawlee.storages import KeyValueStore
 
@@ -112,9 +113,16 @@ async def test_run_id_defaults_to_the_platform_run_id(store: KeyValueStore, monk
 
 async def test_open_outside_an_actor(tmp_path: Path) -> None:
     shared = await SharedMap.open('plain-store', run_id='plain', sync_interval_secs=0.05)
+    assert shared.background_sync_running
     shared['a'] = 'processed'
     await shared.close()
+    assert not shared.background_sync_running
+    # A fresh process-wide view of the same folder: the entry was written to the named store on disk.
+    service_locator.storage_instance_manager.clear_cache()
+    again = await SharedMap.open('plain-store', run_id='reader')
+    assert dict(again) == {'a': 'processed'}
     assert (tmp_path / 'default-storage' / 'key_value_stores' / 'plain-store').is_dir()
+    await again.close()
 
 
 async def test_open_inside_an_actor_follows_its_events(tmp_path: Path) -> None:
@@ -170,16 +178,18 @@ async def test_a_sync_cancelled_mid_write_keeps_the_changes(
     await shared.initialize()
     real_set_value = store.set_value
     slow = True
+    writing = asyncio.Event()
 
     async def slow_set_value(*args: object, **kwargs: object) -> None:
         if slow:
-            await asyncio.sleep(1)
+            writing.set()
+            await asyncio.sleep(3600)  # a write that hangs until cancelled
         await real_set_value(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, 'set_value', slow_set_value)
     shared['kept'] = 'processed'
     task = asyncio.create_task(shared.sync())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(writing.wait(), timeout=10)  # the sync is inside its write
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

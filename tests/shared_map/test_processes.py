@@ -90,8 +90,8 @@ async def test_kill_9_at_random_moments_loses_nothing_synced(connection: str, tm
     assert sum(round_['restarts'] for round_ in rounds) == 9
 
 
-@pytest.mark.parametrize('backend', ['fs'])
-async def test_kill_9_in_the_middle_of_compaction(backend: str, tmp_path: Path) -> None:
+async def test_kill_9_in_the_middle_of_compaction(tmp_path: Path) -> None:
+    """File system only: the kill is timed by watching the store's folder for a part without its manifest."""
     connection = f'file://{tmp_path}/storage'
     kvs_dir = tmp_path / 'storage' / 'key_value_stores' / 'shared-proc'
     killed_mid_compaction = 0
@@ -123,10 +123,12 @@ async def test_kill_9_in_the_middle_of_compaction(backend: str, tmp_path: Path) 
         await survivor.sync()
         await asyncio.sleep(0.2)
     assert survivor.stats.compactions >= 1, 'the lease of the killed run expired'
-    leftovers = [p for p in os.listdir(kvs_dir) if p.endswith('.tmp')]
     fresh = await load_fresh(connection)
     assert fresh['tick'] == survivor['tick']
-    assert leftovers == [] or all('.tmp' in p for p in leftovers)  # stray temp files exist but are harmless
+    # Stray temp files of killed writes may lie in the folder; they are harmless only if no listing shows them.
+    listed = [meta.key async for meta in store.iterate_keys()]
+    assert listed, 'the store lists its records'
+    assert not [key for key in listed if '.tmp' in key or not key.startswith('SM.')]
 
 
 @pytest.mark.skipif(not os.environ.get('TEST_POSTGRES_CTL'), reason='needs the test PostgreSQL server (make test)')
