@@ -19,6 +19,7 @@ from crawlee.crawlers import BasicCrawler
 from crawlee.storages import KeyValueStore
 
 from .fanout import PROJECT_ROOT, SUMMARY_PREFIX, ChildRun
+from .shared_map import PROCESSED
 
 if TYPE_CHECKING:
     from .input import CrawlerInput
@@ -92,6 +93,8 @@ async def finish_run(
         **{_camel(name): value for name, value in manager.stats.to_dict().items()},
         'storeOperations': sum(shared.stats.store_operations for shared in maps),
         'entriesInMap': len(manager.shared),
+        # Pages any run of the crawl processed, earlier attempts included: a resumed crawl may have nothing to do.
+        'processedInCrawl': sum(1 for status in manager.shared.values() if status == PROCESSED),
         'seconds': round(time.monotonic() - started, 2),
         'topError': top_error(crawler),
     }
@@ -160,6 +163,9 @@ def judge(rows: list[dict[str, Any]], *, whole_crawl: bool, stopped_by: int | No
     if stopped_by is not None:
         name = _signal_name(stopped_by)
         return Verdict(128 + stopped_by, f'Stopped by {name} after {pages} pages. {resume_hint()}', warnings)
+    in_crawl = max(pages, rows[0].get('processedInCrawl') or 0)
+    if whole_crawl and pages == 0 and in_crawl:
+        return Verdict(0, f'Nothing left to fetch: the {in_crawl} pages of this crawl were processed before.', warnings)
     if whole_crawl and pages == 0:
         errors = sorted({row['topError'] for row in rows if row.get('topError')})
         cause = f': {"; ".join(errors)}' if errors else ''

@@ -115,6 +115,9 @@ def test_the_verdict_on_a_crawl() -> None:
     assert stopped.warnings == [], 'runs stopped with this one are no news'
     child = judge([row('a', 'ok', 0)], whole_crawl=False, stopped_by=None)
     assert child.exit_code == 0, 'a child that fetched nothing is fine: the others may have fetched everything'
+    resumed = judge([{**row('a', 'ok', 0), 'processedInCrawl': 8}], whole_crawl=True, stopped_by=None)
+    assert resumed.exit_code == 0, 'a resumed crawl with nothing left to fetch succeeded'
+    assert resumed.message.startswith('Nothing left to fetch: the 8 pages')
 
 
 def test_a_child_gets_its_own_input_key_storages_and_run_id(tmp_path: Path) -> None:
