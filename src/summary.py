@@ -85,13 +85,18 @@ async def finish_run(
     A crawl that did not succeed (no page fetched, every run failed, a stop signal) fails the run with its exit code.
     """
     state = crawler.statistics.state
-    maps = [manager.shared] + ([manager.depths] if manager.depths is not None else [])
+    maps = [manager.shared] + ([manager.info] if manager.info is not None else [])
     summary = {
         'runId': run_id,
         'pagesProcessed': state.requests_finished,
         'pagesFailed': state.requests_failed,
         **{_camel(name): value for name, value in manager.stats.to_dict().items()},
         'storeOperations': sum(shared.stats.store_operations for shared in maps),
+        # By kind, to price a crawl: on the platform a listing costs like a write, a read a tenth of one.
+        'storeReads': sum(shared.stats.store_reads for shared in maps),
+        'storeWrites': sum(shared.stats.store_writes for shared in maps),
+        'storeDeletes': sum(shared.stats.store_deletes for shared in maps),
+        'storeLists': sum(shared.stats.store_lists for shared in maps),
         'entriesInMap': len(manager.shared),
         # Pages any run of the crawl processed, earlier attempts included: a resumed crawl may have nothing to do.
         'processedInCrawl': sum(1 for status in manager.shared.values() if status == PROCESSED),

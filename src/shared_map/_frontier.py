@@ -16,7 +16,7 @@ from crawlee import Request
 from crawlee.request_loaders import RequestManager
 
 from ._stats import SharingStats
-from ._urls import DONE, MAP_KEY_FIELD, rendezvous
+from ._urls import DONE, MAP_KEY_FIELD, rendezvous, request_from_map
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ class SharedFrontier(RequestManager):
         sync_interval_secs: float = 10.0,
         dead_after_secs: float = 60.0,
         expected_runs: int = 1,
-        depths: SharedMap | None = None,
+        info: SharedMap | None = None,
+        keep_depths: bool = False,
         max_processed: int | None = None,
     ) -> None:
         """Wrap `inner` (the run's own request queue).
@@ -61,14 +62,16 @@ class SharedFrontier(RequestManager):
             sync_interval_secs: How often the background loop syncs while this run has requests to fetch.
             dead_after_secs: A run silent for this long is taken for dead: its URLs move to the live runs.
             expected_runs: How many runs take part; `wait_for_runs()` waits until it sees them.
-            depths: A second shared map of URL -> crawl depth, so a URL handed over keeps its depth (only needed
-                with a maximum crawl depth).
+            info: A second shared map of URL -> request info (label, user data, depth: see `request_info`), so a URL
+                handed over, taken over, or rebuilt after a restart is routed and limited like the original.
+            keep_depths: Keep each URL's crawl depth in `info` (needed with a maximum crawl depth).
             max_processed: Stop once this many URLs are processed (or failed) by all runs together: exact with one
                 run; with several, exceeded by at most what the other runs started but had not synced yet.
         """
         self._inner = inner
         self._shared = shared
-        self._depths = depths
+        self._info = info
+        self._keep_depths = keep_depths
         self._sync_interval = sync_interval_secs
         self._idle_poll = min(IDLE_POLL_SECS, sync_interval_secs)
         self._dead_after = dead_after_secs
@@ -235,9 +238,10 @@ class SharedFrontier(RequestManager):
         """Sync the shared maps and learn which runs are live (hence who owns what)."""
         self._last_sync_at = time.monotonic()
         self._handed_since_sync = 0
+        if self._info is not None and self._info.pending:
+            # Before the statuses: whoever sees a URL waiting can then find its label and depth.
+            await self._info.sync(mode='write-only')
         result = await self._shared.sync()
-        if self._depths is not None:
-            await self._depths.sync()
         self.stats.syncs += 1
         self.last_sync = result
         if result.entries_changed:
@@ -285,6 +289,8 @@ class SharedFrontier(RequestManager):
         self._rescan = False
         self._others_done = done - mine_done
         if mine:
+            if self._info is not None:
+                await self._info.sync()  # the others' request info, read only when there is something to take over
             await self._queue_taken_over(mine)
         self._update_allowance()
         self._report(waiting, done)
@@ -364,13 +370,10 @@ class SharedFrontier(RequestManager):
         )
 
     def _request_from_map(self, url: str, *, fresh_key: bool = False) -> Request:
-        if fresh_key:
-            self._requeues += 1
-            request = Request.from_url(url, unique_key=f'{url}#again-{self._shared.run_id}-{self._requeues}')
-            request.user_data[MAP_KEY_FIELD] = url
-        else:
-            request = Request.from_url(url, unique_key=url)
-        depth = self._depths.get(url) if self._depths is not None else None
-        if isinstance(depth, int):
-            request.crawl_depth = depth
+        info = self._info.get(url) if self._info is not None else None
+        if not fresh_key:
+            return request_from_map(url, info)
+        self._requeues += 1
+        request = request_from_map(url, info, unique_key=f'{url}#again-{self._shared.run_id}-{self._requeues}')
+        request.user_data[MAP_KEY_FIELD] = url
         return request

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from crawlee import Request, RequestState
+from crawlee.storage_clients import MemoryStorageClient
 from crawlee.storage_clients.models import ProcessedRequest
+from crawlee.storages import RequestQueue
 
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
-from ._urls import FAILED, PROCESSED, SKIPPED, map_key_of, with_map_key
+from ._urls import FAILED, PROCESSED, SKIPPED, map_key_of, request_info, with_map_key
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
 
     from crawlee.crawlers import BasicCrawler
     from crawlee.request_loaders import RequestManager
+
+
+logger = logging.getLogger(__name__)
 
 
 class SharedRequestManager(SharedFrontier):
@@ -82,6 +88,7 @@ class SharedRequestManager(SharedFrontier):
         dead_after_secs: float = 120.0,
         expected_runs: int = 1,
         with_depths: bool = False,
+        queue: RequestManager | None = None,
         max_processed: int | None = None,
     ) -> AsyncIterator[SharedRequestManager]:
         """Share a crawl through the named store: the maps, the run's queue behind them, and their whole lifecycle.
@@ -95,20 +102,27 @@ class SharedRequestManager(SharedFrontier):
                 within it.
             expected_runs: Runs taking part: the crawl starts once this run sees them (or after a timeout).
             with_depths: Keep each URL's crawl depth in the store too (needed with a maximum crawl depth).
+            queue: The run's own request queue. Default: one in memory, so the crawl costs no request-queue
+                operations; what a run must not lose is in the shared map (`enqueued`), and a restarted run rebuilds
+                its queue from there.
             max_processed: The crawl-wide page limit.
         """
         heartbeat = min(sync_interval_secs, dead_after_secs / 4)
         maps = [await SharedMap.open(store_name, connection=connection, run_id=run_id, heartbeat_secs=heartbeat)]
         try:
-            if with_depths:  # so a URL handed to another run keeps its depth
-                maps.append(SharedMap(maps[0].store, run_id=maps[0].run_id, prefix='SMD'))
-                await maps[1].initialize()
-            manager = await cls.open(
+            # Label, user data and depth of each URL, so that a URL handed over keeps them.
+            maps.append(SharedMap(maps[0].store, run_id=maps[0].run_id, prefix='SMD'))
+            await maps[1].initialize()
+            if queue is None:
+                queue = await RequestQueue.open(storage_client=MemoryStorageClient())
+            manager = cls(
+                queue,
                 maps[0],
                 sync_interval_secs=sync_interval_secs,
                 dead_after_secs=dead_after_secs,
                 expected_runs=expected_runs,
-                depths=maps[1] if with_depths else None,
+                info=maps[1],
+                keep_depths=with_depths,
                 max_processed=max_processed,
             )
             try:
@@ -133,9 +147,9 @@ class SharedRequestManager(SharedFrontier):
         return self._shared
 
     @property
-    def depths(self) -> SharedMap | None:
-        """The shared map of URL -> crawl depth, if kept."""
-        return self._depths
+    def info(self) -> SharedMap | None:
+        """The shared map of URL -> request info (label, user data, depth), if kept."""
+        return self._info
 
     @property
     def inner(self) -> RequestManager:
@@ -184,9 +198,15 @@ class SharedRequestManager(SharedFrontier):
         if request.method != 'GET':
             self._queued.add(url)
             return True  # only GET requests can be rebuilt from their key by another run
+        if self._info is not None:  # so that whoever fetches it, now or after a restart, routes it the same way
+            info = request_info(request, keep_depth=self._keep_depths)
+            if info is not None:
+                try:
+                    self._info[url] = info
+                except (TypeError, ValueError) as exc:  # user data that is not JSON: keep the label and depth
+                    logger.warning('The user data of %s cannot be shared (%s); only its label and depth are.', url, exc)
+                    self._info[url] = request_info(request.model_copy(update={'user_data': {}}), keep_depth=True)
         if self.owner(url) != self._shared.run_id:
-            if self._depths is not None:
-                self._depths[url] = request.crawl_depth
             self.stats.handed_over += 1
             self._handed_since_sync += 1
             if self._handed_since_sync == 1 and time.monotonic() >= self._others_hungry_at:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from crawlee import Request
+
+logger = logging.getLogger(__name__)
 
 PROCESSED = 'processed'
 FAILED = 'failed'
@@ -43,3 +47,47 @@ def with_map_key(request: Request) -> Request:
         return request
     key = map_key(request.url)
     return request if request.unique_key == key else request.model_copy(update={'unique_key': key})
+
+
+def request_info(request: Request, *, keep_depth: bool) -> str | dict[str, Any] | None:
+    """What a URL needs besides its key to be routed and limited like the original: its label, user data and depth.
+
+    Compact, since most URLs share a few labels and depths (records group equal values): `'<depth>'`,
+    `'<depth>|<label>'` or `'|<label>'`; a dict `{'d': depth, 'l': label, 'u': user data}` only when the request
+    carries user data besides its label; None when there is nothing to keep.
+    """
+    label = request.label
+    depth = request.crawl_depth if keep_depth else None
+    extra = {key: value for key, value in dict(request.user_data).items() if key not in ('label', MAP_KEY_FIELD)}
+    if extra:
+        info: dict[str, Any] = {'u': extra}
+        if depth is not None:
+            info['d'] = depth
+        if label is not None:
+            info['l'] = label
+        return info
+    if label is None:
+        return None if depth is None else str(depth)
+    return f'{"" if depth is None else depth}|{label}'
+
+
+def request_from_map(url: str, info: object, *, unique_key: str | None = None) -> Request:
+    """A request for a URL taken from the map, with the label, user data and depth its `request_info` kept."""
+    label: str | None = None
+    depth: int | None = None
+    user_data: dict[str, Any] = {}
+    if isinstance(info, int) and not isinstance(info, bool):  # a depth alone (written by earlier versions)
+        depth = info
+    elif isinstance(info, str):
+        head, bar, tail = info.partition('|')
+        depth = int(head) if head.isdigit() else None
+        label = tail if bar and tail else None
+    elif isinstance(info, dict):
+        depth = info.get('d') if isinstance(info.get('d'), int) else None
+        label = info.get('l') if isinstance(info.get('l'), str) else None
+        raw_user_data = info.get('u')
+        user_data = raw_user_data if isinstance(raw_user_data, dict) else {}
+    request = Request.from_url(url, unique_key=unique_key or url, label=label, user_data=dict(user_data))
+    if depth is not None:
+        request.crawl_depth = depth
+    return request

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 
 from crawlee import Request, RequestState
+from crawlee.storage_clients import MemoryStorageClient
 from crawlee.storages import KeyValueStore, RequestQueue
 
 from src.shared_map import SharedMap, SharedRequestManager, map_key
@@ -194,3 +196,69 @@ async def test_a_url_the_kept_queue_had_handled_but_the_map_still_waits_for_is_f
     await manager.wait_for_runs(timeout_secs=0.1)
     await manager.take_over()
     assert sorted(await drain(manager)) == ['https://example.com/late', 'https://example.com/other']
+
+
+async def open_crawl_run(store: KeyValueStore, run_id: str) -> tuple[SharedMap, SharedMap, SharedRequestManager]:
+    """A run as `open_crawl` builds it: a queue in memory, the statuses, and the request info beside them."""
+    shared = SharedMap(store, run_id=run_id, heartbeat_secs=0.01)
+    info = SharedMap(store, run_id=run_id, prefix='SMD')
+    await shared.initialize()
+    await info.initialize()
+    # A new process's memory: a queue of its own (crawlee caches storages by name).
+    queue = await RequestQueue.open(
+        name=f'memory-{run_id}-{uuid.uuid4().hex[:6]}', storage_client=MemoryStorageClient()
+    )
+    manager = SharedRequestManager(
+        queue, shared, sync_interval_secs=0.05, dead_after_secs=5, expected_runs=2, info=info, keep_depths=True
+    )
+    return shared, info, manager
+
+
+def labelled(url: str, depth: int) -> Request:
+    request = Request.from_url(url, label='DETAIL' if 'detail' in url else None, user_data={'source': 'test'})
+    request.crawl_depth = depth
+    return request
+
+
+async def test_a_handed_over_url_keeps_its_label_user_data_and_depth(store: KeyValueStore) -> None:
+    _a_map, _a_info, a = await open_crawl_run(store, 'run-a')
+    _b_map, _b_info, b = await open_crawl_run(store, 'run-b')
+    await asyncio.gather(a.wait_for_runs(timeout_secs=5), b.wait_for_runs(timeout_secs=5))
+    urls = [f'https://example.com/{"detail" if i % 2 else "list"}-{i}' for i in range(60)]
+    await a.add_requests([labelled(url, depth=3) for url in urls])
+    assert a.stats.handed_over > 10
+    await a.tick()
+    await b.tick()
+    fetched: list[Request] = []
+    while (request := await b.fetch_next_request()) is not None:
+        fetched.append(request)
+        request.state = RequestState.DONE
+        await b.mark_request_as_handled(request)
+    assert len(fetched) == a.stats.handed_over, 'b fetched what a handed over to it'
+    for request in fetched:
+        assert request.label == ('DETAIL' if 'detail' in request.url else None), request.url
+        assert request.user_data.get('source') == 'test'
+        assert request.crawl_depth == 3
+
+
+async def test_a_restarted_run_rebuilds_its_queue_from_the_map_with_labels(store: KeyValueStore) -> None:
+    _a_map, _a_info, a = await open_crawl_run(store, 'run-a')
+    await a.wait_for_runs(timeout_secs=0.1)
+    urls = [f'https://example.com/detail-{i}' for i in range(20)]
+    await a.add_requests([labelled(url, depth=1) for url in urls])
+    first = await a.fetch_next_request()
+    assert first is not None
+    first.state = RequestState.DONE
+    await a.mark_request_as_handled(first)
+    await a.tick()  # synced; then the run is killed: its queue was in memory only
+    _a2_map, _a2_info, restarted = await open_crawl_run(store, 'run-a')  # the same run id, an empty queue
+    await restarted.wait_for_runs(timeout_secs=0.1)
+    assert await restarted.is_empty()
+    await restarted.tick()
+    rebuilt = []
+    while (request := await restarted.fetch_next_request()) is not None:
+        rebuilt.append(request)
+        request.state = RequestState.DONE
+        await restarted.mark_request_as_handled(request)
+    assert sorted(r.url for r in rebuilt) == sorted(set(urls) - {first.url}), 'no URL lost, none fetched twice'
+    assert all(r.label == 'DETAIL' and r.crawl_depth == 1 for r in rebuilt)
