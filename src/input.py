@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connection
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+URL_GLOB = re.compile(r'^https?\*?://', re.IGNORECASE)
 KNOWN_FIELDS = {
     'startUrls',
     'maxRequestsPerCrawl',
@@ -28,6 +29,8 @@ KNOWN_FIELDS = {
     'parallelRuns',
     'useSharedMap',
     'parentRunId',
+    'globs',
+    'excludeGlobs',
 }
 
 
@@ -51,6 +54,10 @@ class CrawlerInput:
     parallel_runs: int
     use_shared_map: bool
     parent_run_id: str | None
+    globs: list[str] | None
+    """URL globs a link must match to be followed; None: links to the start URL's host are followed."""
+    exclude_globs: list[str]
+    """URL globs of links never followed, nor fetched when taken over from the map (start URLs excepted)."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -87,6 +94,8 @@ class CrawlerInput:
             parallel_runs=fields.integer('parallelRuns', default=1, minimum=1, maximum=50) or 1,
             use_shared_map=fields.boolean('useSharedMap', default=True),
             parent_run_id=fields.string('parentRunId'),
+            globs=fields.globs('globs') or None,
+            exclude_globs=fields.globs('excludeGlobs'),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )
@@ -222,6 +231,29 @@ class _Fields:
             self._problems.append(f'{name} must be a string, got {value!r:.80}.')
             return None
         return value
+
+    def globs(self, name: str) -> list[str]:
+        """URL globs in Apify's format, `[{"glob": "https://example.com/docs/**"}]` (plain strings are taken too)."""
+        value = self._raw.get(name)
+        if value is None:
+            return []
+        example = f'{name} must be a list such as [{{"glob": "https://example.com/docs/**"}}]'
+        if not isinstance(value, list):
+            self._problems.append(f'{example}, got {value!r:.80}.')
+            return []
+        globs = []
+        for index, item in enumerate(value):
+            glob = item.get('glob') if isinstance(item, dict) else item
+            if not isinstance(glob, str) or not glob.strip():
+                self._problems.append(f'{example}; {name}[{index}] is {item!r:.80}.')
+            elif not URL_GLOB.match(glob.strip()):
+                self._problems.append(
+                    f'{name}[{index}] "{glob:.200}" is not a URL glob: it must start with http:// or https:// (or '
+                    'http*://), e.g. "https://example.com/docs/**", since it is matched against whole URLs.'
+                )
+            else:
+                globs.append(glob.strip())
+        return globs
 
     def store_name(self, name: str, *, default: str) -> str:
         value = self.string(name)

@@ -15,6 +15,7 @@ from apify import Actor
 from crawlee import ConcurrencySettings
 from crawlee.crawlers import BeautifulSoupCrawler
 
+from .crawl_options import CrawlOptions, prepare_crawl_options
 from .fanout import SUMMARY_PREFIX, ChildRun, fan_out, summary_table
 from .input import CrawlerInput, InputError, exit_if_input_file_is_invalid
 from .preflight import prepare_shared_store
@@ -29,6 +30,7 @@ async def main() -> None:
         try:
             crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
             await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
+            options = await prepare_crawl_options(crawl_input)  # globs, ...
         except InputError as exc:
             Actor.log.error(str(exc))
             await Actor.fail(status_message=str(exc))
@@ -38,13 +40,13 @@ async def main() -> None:
         run_id = Actor.configuration.actor_run_id or f'local-{uuid.uuid4().hex[:8]}'
         children = await fan_out(crawl_input, run_id)
         try:
-            await crawl(crawl_input, run_id, children)
+            await crawl(crawl_input, options, run_id, children)
         finally:
             for child in children:
                 child.stop_if_running()  # a failed parent must not leave local child processes behind
 
 
-async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]) -> None:
+async def crawl(crawl_input: CrawlerInput, options: CrawlOptions, run_id: str, children: list[ChildRun]) -> None:
     """This run's share of the crawl; the parent also prints every run's summary at the end."""
     started = time.monotonic()
 
@@ -59,7 +61,7 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
     }
     if not crawl_input.use_shared_map:  # Runs that share nothing: the baseline the benchmark compares with.
         crawler = BeautifulSoupCrawler(max_requests_per_crawl=crawl_input.max_requests_per_crawl, **crawler_options)
-        await crawler.run(crawl_input.start_urls)
+        await crawler.run(options.start_urls)
         summary = {'runId': run_id, 'pagesProcessed': crawler.statistics.state.requests_finished}
         await Actor.set_value('OUTPUT', summary)
         return
@@ -83,10 +85,10 @@ async def crawl(crawl_input: CrawlerInput, run_id: str, children: list[ChildRun]
         max_processed=crawl_input.max_requests_per_crawl,
     )
     # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
-    crawler = BeautifulSoupCrawler(request_manager=manager, keep_alive=True, **crawler_options)
+    crawler = BeautifulSoupCrawler(request_manager=options.wrap(manager), keep_alive=True, **crawler_options)
     await manager.wait_for_runs(timeout_secs=max(60.0, 3 * crawl_input.sync_interval_secs))
     manager.start(on_done=crawler.stop)
-    await crawler.run(crawl_input.start_urls)
+    await crawler.run(options.start_urls)
     await manager.close()
     if depths is not None:
         await depths.close()

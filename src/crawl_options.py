@@ -1,0 +1,179 @@
+"""The input options that decide which URLs are crawled and how: globs and excluded globs.
+
+`prepare_crawl_options()` turns the validated input into a `CrawlOptions`: what `src/routes.py` passes to
+`enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`, a request manager around the shared one that applies
+the same rules to every request this run is about to fetch, including URLs taken over from the shared map (queued
+by a run with other options, e.g. an earlier attempt of a resumed crawl).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crawlee import Glob, Request, RequestState
+from crawlee.request_loaders import RequestManager
+
+from .shared_map import map_key
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import timedelta
+
+    from crawlee.storage_clients.models import ProcessedRequest
+
+    from .input import CrawlerInput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkRules:
+    """Which links are followed: those matching a glob (without globs: links to the same host), minus excluded ones."""
+
+    include: tuple[Glob, ...] = ()
+    exclude: tuple[Glob, ...] = ()
+
+    @classmethod
+    def from_input(cls, crawl_input: CrawlerInput) -> LinkRules:
+        """The rules of `globs` and `excludeGlobs`."""
+        return cls(
+            include=tuple(Glob(glob) for glob in crawl_input.globs or ()),
+            exclude=tuple(Glob(glob) for glob in crawl_input.exclude_globs),
+        )
+
+    def enqueue_links_options(self) -> dict[str, Any]:
+        """Keyword arguments of `context.enqueue_links` (crawlee matches the globs against absolute URLs)."""
+        if self.include:  # the globs decide, whatever the host (as in Apify's Cheerio Scraper)
+            return {'strategy': 'all', 'include': list(self.include), 'exclude': list(self.exclude)}
+        return {'strategy': 'same-hostname', 'exclude': list(self.exclude)}
+
+    def excludes(self, url: str) -> bool:
+        """Whether a request for `url` must not be fetched: it matches an excluded glob, or no glob at all.
+
+        The host rule (without globs) is not checked here: the map only ever receives links that passed it.
+        """
+        if any(glob.regexp.match(url) for glob in self.exclude):
+            return True
+        return bool(self.include) and not any(glob.regexp.match(url) for glob in self.include)
+
+
+_link_rules = LinkRules()
+
+
+def link_options() -> dict[str, Any]:
+    """What the request handler passes to `context.enqueue_links`: this run's link rules, from its input."""
+    return _link_rules.enqueue_links_options()
+
+
+@dataclass
+class CrawlOptions:
+    """The crawl options of one run, built from its input by `prepare_crawl_options()`."""
+
+    links: LinkRules
+    start_urls: list[str]
+    _start_keys: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._start_keys = {map_key(url) for url in self.start_urls}
+
+    def is_start_url(self, url: str) -> bool:
+        """Whether `url` is one of the start URLs (they are fetched whatever the globs say, as in Apify's crawlers)."""
+        return map_key(url) in self._start_keys
+
+    def wrap(self, manager: RequestManager) -> RequestManager:
+        """`manager`, made to skip the requests these options exclude before they are fetched."""
+        return OptionsRequestManager(manager, self)
+
+
+async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
+    """The options of this run; also installs its link rules for `link_options()`.
+
+    Raises:
+        InputError: an option cannot be applied (the message says what to fix).
+    """
+    global _link_rules  # the template's router is a module-level object: it reads them from here
+    _link_rules = LinkRules.from_input(crawl_input)
+    return CrawlOptions(links=_link_rules, start_urls=list(crawl_input.start_urls))
+
+
+class OptionsRequestManager(RequestManager):
+    """A request manager that skips, before fetching, the requests the crawl options exclude.
+
+    A skipped request is marked handled with the state `SKIPPED` (the shared map records it as `skipped`), as
+    crawlee does with a URL that robots.txt disallows.
+    """
+
+    def __init__(self, inner: RequestManager, options: CrawlOptions) -> None:
+        """Wrap `inner` (the run's shared request manager)."""
+        self._inner = inner
+        self._options = options
+        self.excluded = 0
+        """Requests skipped because the options exclude them."""
+
+    async def fetch_next_request(self) -> Request | None:
+        """The next request the options allow."""
+        while True:
+            request = await self._inner.fetch_next_request()
+            if request is None:
+                return None
+            if not self._options.links.excludes(request.url) or self._options.is_start_url(request.url):
+                return request
+            self.excluded += 1
+            logger.info('Skipping %s: excluded by the globs of the input.', request.url)
+            request.state = RequestState.SKIPPED
+            await self._inner.mark_request_as_handled(request)
+
+    async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
+        """Add a request to the wrapped manager."""
+        return await self._inner.add_request(request, forefront=forefront)
+
+    async def add_requests(
+        self,
+        requests: Sequence[str | Request],
+        *,
+        forefront: bool = False,
+        batch_size: int = 1000,
+        wait_time_between_batches: timedelta | None = None,
+        wait_for_all_requests_to_be_added: bool = False,
+        wait_for_all_requests_to_be_added_timeout: timedelta | None = None,
+    ) -> None:
+        """Add requests to the wrapped manager."""
+        options: dict[str, Any] = {
+            'forefront': forefront,
+            'batch_size': batch_size,
+            'wait_for_all_requests_to_be_added': wait_for_all_requests_to_be_added,
+            'wait_for_all_requests_to_be_added_timeout': wait_for_all_requests_to_be_added_timeout,
+        }
+        if wait_time_between_batches is not None:
+            options['wait_time_between_batches'] = wait_time_between_batches
+        await self._inner.add_requests(requests, **options)
+
+    async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
+        """Mark a request handled in the wrapped manager."""
+        return await self._inner.mark_request_as_handled(request)
+
+    async def reclaim_request(self, request: Request, *, forefront: bool = False) -> ProcessedRequest | None:
+        """Give a request back to the wrapped manager for a retry."""
+        return await self._inner.reclaim_request(request, forefront=forefront)
+
+    async def get_handled_count(self) -> int:
+        """Requests the wrapped manager handled."""
+        return await self._inner.get_handled_count()
+
+    async def get_total_count(self) -> int:
+        """Requests in the wrapped manager."""
+        return await self._inner.get_total_count()
+
+    async def is_empty(self) -> bool:
+        """Whether the wrapped manager has nothing to fetch now."""
+        return await self._inner.is_empty()
+
+    async def is_finished(self) -> bool:
+        """Whether the wrapped manager has nothing to fetch and nothing in progress."""
+        return await self._inner.is_finished()
+
+    async def drop(self) -> None:
+        """Drop the wrapped manager."""
+        await self._inner.drop()

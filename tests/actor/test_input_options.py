@@ -1,0 +1,65 @@
+"""The crawl options of the input (`globs`, ...): parsed, validated with one line saying what to fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from src.crawl_options import LinkRules
+from src.input import KNOWN_FIELDS, CrawlerInput, InputError
+
+START = {'startUrls': [{'url': 'https://example.com/'}]}
+
+
+def test_globs_in_apifys_format_and_as_plain_strings() -> None:
+    parsed = CrawlerInput.parse(
+        {
+            **START,
+            'globs': [{'glob': 'https://example.com/docs/**'}, 'https://example.com/blog/*'],
+            'excludeGlobs': [{'glob': 'https://example.com/docs/old/**', 'method': 'GET'}],
+        }
+    )
+    assert parsed.globs == ['https://example.com/docs/**', 'https://example.com/blog/*']
+    assert parsed.exclude_globs == ['https://example.com/docs/old/**']
+    assert parsed.unknown_fields == []
+    defaults = CrawlerInput.parse({**START, 'globs': []})
+    assert defaults.globs is None, 'no globs: the same host as the start URL'
+    assert defaults.exclude_globs == []
+
+
+def test_link_rules_follow_crawlees_glob_semantics() -> None:
+    rules = LinkRules.from_input(
+        CrawlerInput.parse(
+            {**START, 'globs': ['https://example.com/docs/**'], 'excludeGlobs': ['https://example.com/docs/old/**']}
+        )
+    )
+    assert not rules.excludes('https://example.com/docs/a/b.html?x=1')
+    assert rules.excludes('https://example.com/docs/old/a.html'), 'excluded beats included'
+    assert rules.excludes('https://example.com/blog/'), 'matches no glob'
+    assert rules.enqueue_links_options()['strategy'] == 'all'
+    same_host = LinkRules.from_input(CrawlerInput.parse({**START, 'excludeGlobs': ['https://example.com/x/*']}))
+    assert same_host.enqueue_links_options()['strategy'] == 'same-hostname'
+    assert not same_host.excludes('https://example.com/docs/')
+    assert same_host.excludes('https://example.com/x/1')
+
+
+@pytest.mark.parametrize(
+    ('raw', 'message'),
+    [
+        ({'globs': 'https://example.com/**'}, r'globs must be a list such as \[\{"glob": '),
+        ({'globs': [{'url': 'https://example.com/**'}]}, r'globs\[0\] is \{'),
+        ({'excludeGlobs': [{'glob': ''}]}, r'excludeGlobs must be a list .*; excludeGlobs\[0\] is'),
+        ({'excludeGlobs': ['docs/**']}, r'excludeGlobs\[0\] "docs/\*\*" is not a URL glob: it must start with http'),
+    ],
+)
+def test_invalid_options_say_what_to_fix(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        CrawlerInput.parse({**START, **raw})
+    assert '\n' not in str(info.value)
+
+
+def test_the_input_schema_and_the_parser_know_the_same_fields() -> None:
+    schema = json.loads((Path(__file__).resolve().parents[2] / '.actor' / 'input_schema.json').read_text())
+    assert set(schema['properties']) == KNOWN_FIELDS
