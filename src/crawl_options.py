@@ -1,4 +1,4 @@
-"""The input options that decide which URLs are crawled and how: globs and excluded globs.
+"""The input options that decide which URLs are crawled and how: start URLs listed in text files, globs.
 
 `prepare_crawl_options()` turns the validated input into a `CrawlOptions`: what `src/routes.py` passes to
 `enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`, a request manager around the shared one that applies
@@ -9,23 +9,30 @@ by a run with other options, e.g. an earlier attempt of a resumed crawl).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crawlee import Glob, Request, RequestState
+from crawlee.http_clients import HttpClient, ImpitHttpClient
 from crawlee.request_loaders import RequestManager
 
+from .input import InputError
 from .shared_map import map_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from datetime import timedelta
 
     from crawlee.storage_clients.models import ProcessedRequest
 
     from .input import CrawlerInput
 
 logger = logging.getLogger(__name__)
+
+URL_IN_TEXT = re.compile(r"""https?://[^\s,"'<>]+""")
+"""A URL in a `requestsFromUrl` file: one a line, or anywhere in the text (up to a space, comma or quote)."""
+LIST_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,48 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
     """
     global _link_rules  # the template's router is a module-level object: it reads them from here
     _link_rules = LinkRules.from_input(crawl_input)
-    return CrawlOptions(links=_link_rules, start_urls=list(crawl_input.start_urls))
+    start_urls = list(crawl_input.start_urls)
+    if crawl_input.start_url_lists:
+        client = ImpitHttpClient()
+        for list_url in crawl_input.start_url_lists:
+            start_urls += await read_url_list(list_url, client)
+        logger.info(
+            '%d start URLs, %d of them from requestsFromUrl lists.',
+            len(start_urls),
+            len(start_urls) - len(crawl_input.start_urls),
+        )
+    return CrawlOptions(links=_link_rules, start_urls=list(dict.fromkeys(start_urls)))
+
+
+async def read_url_list(url: str, client: HttpClient) -> list[str]:
+    """The http(s) URLs in the text file at `url` (a `requestsFromUrl` entry), in order, each once.
+
+    Each run reads the list itself when it starts (the runs share the input, not the list): the shared map makes
+    sure every URL is fetched once.
+
+    Raises:
+        InputError: the file cannot be read, or lists no URL.
+    """
+    try:
+        response = await client.send_request(url, timeout=LIST_TIMEOUT)
+        body = await response.read()
+    except Exception as exc:  # network errors of any HTTP client; their messages can span many lines
+        reason = (str(exc).strip().splitlines() or [''])[0]
+        raise InputError(
+            f'startUrls: the list of URLs at {url} (requestsFromUrl) could not be read: {type(exc).__name__}: '
+            f'{reason:.200}. Check that address.'
+        ) from None
+    if not 200 <= response.status_code < 300:
+        raise InputError(
+            f'startUrls: the list of URLs at {url} (requestsFromUrl) answered HTTP {response.status_code}. '
+            'Check that address.'
+        )
+    urls = list(dict.fromkeys(URL_IN_TEXT.findall(body.decode('utf-8', errors='replace'))))
+    if not urls:
+        raise InputError(
+            f'startUrls: the list at {url} (requestsFromUrl) has no http(s) URL in it: put one URL on each line.'
+        )
+    return urls
 
 
 class OptionsRequestManager(RequestManager):

@@ -43,6 +43,8 @@ class CrawlerInput:
     """The validated input of one run."""
 
     start_urls: list[str]
+    start_url_lists: list[str]
+    """URLs of text files listing more start URLs (`{"requestsFromUrl": ...}` entries of `startUrls`)."""
     max_requests_per_crawl: int | None
     max_crawl_depth: int | None
     max_concurrency: int
@@ -80,9 +82,10 @@ class CrawlerInput:
         for name, known in _likely_typos(unknown).items():
             problems.append(f'Unknown input field {name}: did you mean {known}?')
         fields = _Fields(raw, problems)
-        start_urls = _start_urls(raw.get('startUrls'), problems)
+        start_urls, start_url_lists = _start_urls(raw.get('startUrls'), problems)
         parsed = cls(
             start_urls=start_urls,
+            start_url_lists=start_url_lists,
             max_requests_per_crawl=fields.integer('maxRequestsPerCrawl', default=0, minimum=0) or None,
             max_crawl_depth=fields.integer('maxCrawlDepth', default=None, minimum=0),
             max_concurrency=fields.integer('maxConcurrency', default=10, minimum=1, maximum=1000) or 10,
@@ -161,25 +164,32 @@ def check_local_input_file() -> None:
             ) from None
 
 
-def _start_urls(value: object, problems: list[str]) -> list[str]:
+def _start_urls(value: object, problems: list[str]) -> tuple[list[str], list[str]]:
+    """The start URLs, and the URLs of the text files that list more (`requestsFromUrl` entries)."""
     if value is None or value == []:
         problems.append('startUrls is required: give at least one URL, e.g. [{"url": "https://crawlee.dev"}].')
-        return []
+        return [], []
     if not isinstance(value, list):
         problems.append('startUrls must be a list such as [{"url": "https://crawlee.dev"}].')
-        return []
-    urls = []
+        return [], []
+    urls: list[str] = []
+    lists: list[str] = []
     for index, item in enumerate(value):
-        url = item.get('url') if isinstance(item, dict) else item
+        from_url = isinstance(item, dict) and 'requestsFromUrl' in item and 'url' not in item
+        url = item.get('requestsFromUrl' if from_url else 'url') if isinstance(item, dict) else item
         if not isinstance(url, str):
-            problems.append(f'startUrls[{index}] must be {{"url": "https://..."}}, got {item!r:.80}.')
+            problems.append(
+                f'startUrls[{index}] must be {{"url": "https://..."}} or {{"requestsFromUrl": "https://.../urls.txt"}}'
+                f', got {item!r:.80}.'
+            )
             continue
         parts = urlsplit(url.strip())
         if parts.scheme not in ('http', 'https') or not parts.netloc:
-            problems.append(f'startUrls[{index}] "{url:.200}" is not an http(s) URL with a host.')
+            field = '.requestsFromUrl' if from_url else ''
+            problems.append(f'startUrls[{index}]{field} "{url:.200}" is not an http(s) URL with a host.')
             continue
-        urls.append(url.strip())
-    return urls
+        (lists if from_url else urls).append(url.strip())
+    return urls, lists
 
 
 class _Fields:

@@ -15,6 +15,7 @@ from typing import Any
 from src.demo.site import RunningSite, page_links, page_path, serve_site
 from tests.actor.repo_copy import copy_repo, finish, kill_group, start_actor, write_input
 from tests.actor.test_crawl import child_pid
+from tests.actor.test_user_errors import error_lines, run_actor
 
 
 def options_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
@@ -101,3 +102,39 @@ async def test_exclude_globs_added_on_resume_hold_for_urls_already_waiting_in_th
     assert not {path for path in second if excluded_section(path)}, 'an excluded page was fetched on resume'
     assert not set(first) & set(second), 'no page fetched twice'
     assert 'excluded by the globs of the input' in log
+
+
+async def test_start_urls_from_a_text_file_are_each_fetched_once_by_two_runs(tmp_path: Path) -> None:
+    listed = [page_path(page) for page in range(100, 120)]
+    text = '# pages to crawl\n' + '\n'.join(f'http://127.0.0.1:{{port}}{path}' for path in listed + listed[:5]) + '\n\n'
+    site = serve_site(300, files={'/urls.txt': text})
+    repo = copy_repo(tmp_path / 'repo')
+    start_urls = [{'url': site.url}, {'requestsFromUrl': f'{site.url}urls.txt'}]
+    write_input(repo / 'storage', options_input(site, startUrls=start_urls, maxCrawlDepth=0, parallelRuns=2))
+    try:
+        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        counts = site.stats.snapshot()['counts']
+    finally:
+        site.stop()
+    assert code == 0, log[-3000:]
+    assert counts.pop('/urls.txt') == 2, 'each run reads the list'
+    assert counts == dict.fromkeys(['/', *listed], 1), 'the start URL and every listed page, each once'
+
+
+async def test_a_list_of_urls_that_cannot_be_read_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    site = serve_site(10)
+    try:
+        storage = tmp_path / 'storage'
+        start_urls = [{'url': site.url}, {'requestsFromUrl': f'{site.url}no-such-list.txt'}]
+        code, output = await asyncio.to_thread(
+            run_actor, storage, options_input(site, startUrls=start_urls, parallelRuns=2)
+        )
+        fetched = site.stats.snapshot()['fetches']
+    finally:
+        site.stop()
+    assert code != 0
+    assert 'Traceback' not in output
+    (line,) = error_lines(output)
+    assert f'the list of URLs at {site.url}no-such-list.txt (requestsFromUrl) answered HTTP 404' in line
+    assert fetched == 0
+    assert not (storage / 'parallel-runs').exists(), 'no child run was started'

@@ -63,3 +63,15 @@ def test_invalid_options_say_what_to_fix(raw: dict[str, object], message: str) -
 def test_the_input_schema_and_the_parser_know_the_same_fields() -> None:
     schema = json.loads((Path(__file__).resolve().parents[2] / '.actor' / 'input_schema.json').read_text())
     assert set(schema['properties']) == KNOWN_FIELDS
+
+
+def test_start_urls_take_requests_from_url_entries() -> None:
+    parsed = CrawlerInput.parse(
+        {'startUrls': [{'url': 'https://example.com/'}, {'requestsFromUrl': 'https://example.com/urls.txt'}]}
+    )
+    assert parsed.start_urls == ['https://example.com/']
+    assert parsed.start_url_lists == ['https://example.com/urls.txt']
+    only_a_list = CrawlerInput.parse({'startUrls': [{'requestsFromUrl': 'http://127.0.0.1:8000/urls.txt'}]})
+    assert (only_a_list.start_urls, only_a_list.start_url_lists) == ([], ['http://127.0.0.1:8000/urls.txt'])
+    with pytest.raises(InputError, match=r'startUrls\[0\].requestsFromUrl "urls.txt" is not an http\(s\) URL'):
+        CrawlerInput.parse({'startUrls': [{'requestsFromUrl': 'urls.txt'}]})
