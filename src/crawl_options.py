@@ -80,6 +80,8 @@ class CrawlOptions:
 
     links: LinkRules
     start_urls: list[str]
+    crawler_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the crawler (`BeautifulSoupCrawler`)."""
     _start_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -112,7 +114,10 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
             len(start_urls),
             len(start_urls) - len(crawl_input.start_urls),
         )
-    return CrawlOptions(links=_link_rules, start_urls=list(dict.fromkeys(start_urls)))
+    # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
+    # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
+    crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
+    return CrawlOptions(links=_link_rules, start_urls=list(dict.fromkeys(start_urls)), crawler_options=crawler_options)
 
 
 async def read_url_list(url: str, client: HttpClient) -> list[str]:

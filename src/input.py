@@ -31,6 +31,7 @@ KNOWN_FIELDS = {
     'parentRunId',
     'globs',
     'excludeGlobs',
+    'respectRobotsTxtFile',
 }
 
 
@@ -60,6 +61,8 @@ class CrawlerInput:
     """URL globs a link must match to be followed; None: links to the start URL's host are followed."""
     exclude_globs: list[str]
     """URL globs of links never followed, nor fetched when taken over from the map (start URLs excepted)."""
+    respect_robots_txt_file: bool
+    """Skip the URLs the site's robots.txt disallows (crawlee's `respect_robots_txt_file`)."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -99,6 +102,7 @@ class CrawlerInput:
             parent_run_id=fields.string('parentRunId'),
             globs=fields.globs('globs') or None,
             exclude_globs=fields.globs('excludeGlobs'),
+            respect_robots_txt_file=fields.boolean('respectRobotsTxtFile', default=False),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )

@@ -28,6 +28,12 @@ def options_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
     }
 
 
+def all_logs(repo: Path) -> str:
+    """The log of the run and those of its child runs."""
+    logs = [repo / 'actor.log', *sorted((repo / 'storage').glob('parallel-runs/*/log.txt'))]
+    return '\n'.join(path.read_text(errors='replace') for path in logs)
+
+
 def reachable(pages: int, follows: Any) -> set[str]:
     """Paths reachable from the home page (always fetched: a start URL) through pages `follows(path)` accepts."""
     seen = {0}
@@ -138,3 +144,28 @@ async def test_a_list_of_urls_that_cannot_be_read_stops_the_run_with_one_line(tm
     assert f'the list of URLs at {site.url}no-such-list.txt (requestsFromUrl) answered HTTP 404' in line
     assert fetched == 0
     assert not (storage / 'parallel-runs').exists(), 'no child run was started'
+
+
+async def test_no_run_fetches_a_url_robots_txt_disallows_even_when_it_waits_in_the_map(tmp_path: Path) -> None:
+    site = serve_site(300, delay_secs=0.005, files={'/robots.txt': 'User-agent: *\nDisallow: /section-1\n'})
+    allowed = reachable(site.pages, lambda path: not excluded_section(path))  # /section-1 covers 1 and 10-16
+    repo = copy_repo(tmp_path / 'repo')
+    try:
+        # First attempt without robots.txt, stopped by the limit: disallowed URLs wait in the map and in the queue.
+        write_input(repo / 'storage', options_input(site, maxRequestsPerCrawl=30))
+        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        assert code == 0, log[-3000:]
+        first = dict(site.stats.snapshot()['counts'])
+        assert any(excluded_section(path) for path in first), 'the first attempt reached the disallowed part'
+        site.stats.fetches.clear()
+        # The same crawl resumed by 3 runs respecting robots.txt.
+        write_input(repo / 'storage', options_input(site, respectRobotsTxtFile=True, parallelRuns=3))
+        code, log = await asyncio.to_thread(finish, start_actor(repo, purge=False), repo, 180)
+        second = dict(site.stats.snapshot()['counts'])
+    finally:
+        site.stop()
+    assert code == 0, log[-3000:]
+    assert second.pop('/robots.txt') == 3, 'each run read robots.txt once'
+    assert not {path for path in second if excluded_section(path)}, 'a URL robots.txt disallows was fetched'
+    assert allowed <= set(first) | set(second), 'every allowed page was fetched'
+    assert 'disallowed based on robots.txt' in all_logs(repo), 'URLs waiting in the map were skipped, not fetched'

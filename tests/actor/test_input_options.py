@@ -75,3 +75,10 @@ def test_start_urls_take_requests_from_url_entries() -> None:
     assert (only_a_list.start_urls, only_a_list.start_url_lists) == ([], ['http://127.0.0.1:8000/urls.txt'])
     with pytest.raises(InputError, match=r'startUrls\[0\].requestsFromUrl "urls.txt" is not an http\(s\) URL'):
         CrawlerInput.parse({'startUrls': [{'requestsFromUrl': 'urls.txt'}]})
+
+
+def test_respect_robots_txt_file_is_a_boolean_off_by_default() -> None:
+    assert CrawlerInput.parse(START).respect_robots_txt_file is False
+    assert CrawlerInput.parse({**START, 'respectRobotsTxtFile': True}).respect_robots_txt_file is True
+    with pytest.raises(InputError, match='respectRobotsTxtFile must be true or false'):
+        CrawlerInput.parse({**START, 'respectRobotsTxtFile': 'yes'})
