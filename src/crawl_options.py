@@ -1,15 +1,18 @@
-"""The input options that decide which URLs are crawled and how: start URLs listed in text files, globs.
+"""The input options that decide which URLs are crawled and how: start URL lists, globs, robots.txt, request rate.
 
 `prepare_crawl_options()` turns the validated input into a `CrawlOptions`: what `src/routes.py` passes to
 `enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`, a request manager around the shared one that applies
 the same rules to every request this run is about to fetch, including URLs taken over from the shared map (queued
-by a run with other options, e.g. an earlier attempt of a resumed crawl).
+by a run with other options, e.g. an earlier attempt of a resumed crawl), and that paces this run's fetches to its
+share of `maxRequestsPerMinute`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,10 +22,10 @@ from crawlee.http_clients import HttpClient, ImpitHttpClient
 from crawlee.request_loaders import RequestManager
 
 from .input import InputError
-from .shared_map import map_key
+from .shared_map import SharedRequestManager, map_key
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from crawlee.storage_clients.models import ProcessedRequest
 
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 URL_IN_TEXT = re.compile(r"""https?://[^\s,"'<>]+""")
 """A URL in a `requestsFromUrl` file: one a line, or anywhere in the text (up to a space, comma or quote)."""
 LIST_TIMEOUT = timedelta(seconds=30)
+MAX_PACE_WAIT_SECS = 2.0
+"""Longest a crawler task waits for this run's next turn before it returns no request (crawlee then starts another
+task): no task waits anywhere near crawlee's timeout for fetching a request, and a stopping crawler is not held up."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class CrawlOptions:
     start_urls: list[str]
     crawler_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the crawler (`BeautifulSoupCrawler`)."""
+    max_requests_per_minute: int | None = None
     _start_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -91,9 +98,12 @@ class CrawlOptions:
         """Whether `url` is one of the start URLs (they are fetched whatever the globs say, as in Apify's crawlers)."""
         return map_key(url) in self._start_keys
 
-    def wrap(self, manager: RequestManager) -> RequestManager:
-        """`manager`, made to skip the requests these options exclude before they are fetched."""
-        return OptionsRequestManager(manager, self)
+    def wrap(self, manager: SharedRequestManager) -> RequestManager:
+        """`manager`, made to skip the requests these options exclude before they are fetched, and paced."""
+        pacer = None
+        if self.max_requests_per_minute:
+            pacer = Pacer(self.max_requests_per_minute, live_runs=lambda: len(manager.live_runs))
+        return OptionsRequestManager(manager, self, pacer)
 
 
 async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
@@ -117,7 +127,12 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
     # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
     # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
     crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
-    return CrawlOptions(links=_link_rules, start_urls=list(dict.fromkeys(start_urls)), crawler_options=crawler_options)
+    return CrawlOptions(
+        links=_link_rules,
+        start_urls=list(dict.fromkeys(start_urls)),
+        crawler_options=crawler_options,
+        max_requests_per_minute=crawl_input.max_requests_per_minute,
+    )
 
 
 async def read_url_list(url: str, client: HttpClient) -> list[str]:
@@ -151,32 +166,93 @@ async def read_url_list(url: str, client: HttpClient) -> list[str]:
     return urls
 
 
+class Pacer:
+    """Spaces this run's fetches so that all live runs together fetch at most `per_minute` requests a minute.
+
+    Each run takes `per_minute / live runs`, the live runs as the shared map last saw them: when a run joins or ends,
+    the others' share follows at their next sync. Turns are taken one at a time, `60 * live runs / per_minute`
+    seconds apart; a turn that finds no request to fetch is given back.
+    """
+
+    def __init__(self, per_minute: int, *, live_runs: Callable[[], int]) -> None:
+        """Pace to `per_minute` for all the runs `live_runs()` counts."""
+        self._per_minute = per_minute
+        self._live_runs = live_runs
+        self._next_at = 0.0  # time.monotonic() of this run's next turn
+        self._runs_logged = 0
+
+    def interval(self) -> float:
+        """Seconds between two fetches of this run."""
+        runs = max(1, self._live_runs())
+        if runs != self._runs_logged:
+            self._runs_logged = runs
+            logger.info(
+                'maxRequestsPerMinute %d shared by %d runs: this run fetches at most %.1f pages a minute.',
+                self._per_minute,
+                runs,
+                self._per_minute / runs,
+            )
+        return 60.0 * runs / self._per_minute
+
+    async def take_turn(self) -> float | None:
+        """Wait for this run's next turn and take it; None if it is more than `MAX_PACE_WAIT_SECS` away.
+
+        Returns:
+            The time of the turn before this one, to `give_back()` if the turn is not used.
+        """
+        deadline = time.monotonic() + MAX_PACE_WAIT_SECS
+        while True:
+            now = time.monotonic()
+            if now >= self._next_at:
+                previous, interval = self._next_at, self.interval()
+                # While busy, keep the cadence (a late wake-up does not slow the pace); after an idle spell, no burst.
+                self._next_at = previous + interval if now - previous < interval else now + interval
+                return previous
+            if self._next_at > deadline:
+                await asyncio.sleep(max(0.0, deadline - now))
+                return None
+            await asyncio.sleep(self._next_at - now)
+
+    def give_back(self, previous: float) -> None:
+        """Undo the last `take_turn()` (no request was fetched in it)."""
+        self._next_at = min(self._next_at, previous)
+
+
 class OptionsRequestManager(RequestManager):
-    """A request manager that skips, before fetching, the requests the crawl options exclude.
+    """A request manager that skips, before fetching, the requests the crawl options exclude, and paces the rest.
 
     A skipped request is marked handled with the state `SKIPPED` (the shared map records it as `skipped`), as
     crawlee does with a URL that robots.txt disallows.
     """
 
-    def __init__(self, inner: RequestManager, options: CrawlOptions) -> None:
+    def __init__(self, inner: RequestManager, options: CrawlOptions, pacer: Pacer | None = None) -> None:
         """Wrap `inner` (the run's shared request manager)."""
         self._inner = inner
         self._options = options
+        self._pacer = pacer
         self.excluded = 0
         """Requests skipped because the options exclude them."""
 
     async def fetch_next_request(self) -> Request | None:
-        """The next request the options allow."""
+        """The next request the options allow, once it is this run's turn (with `maxRequestsPerMinute`)."""
         while True:
+            turn = None
+            if self._pacer is not None and (turn := await self._pacer.take_turn()) is None:
+                return None  # not this run's turn yet: crawlee asks again
             request = await self._inner.fetch_next_request()
+            if request is not None and self._allowed(request):
+                return request
+            if self._pacer is not None and turn is not None:
+                self._pacer.give_back(turn)  # nothing fetched in this turn
             if request is None:
                 return None
-            if not self._options.links.excludes(request.url) or self._options.is_start_url(request.url):
-                return request
             self.excluded += 1
             logger.info('Skipping %s: excluded by the globs of the input.', request.url)
             request.state = RequestState.SKIPPED
             await self._inner.mark_request_as_handled(request)
+
+    def _allowed(self, request: Request) -> bool:
+        return not self._options.links.excludes(request.url) or self._options.is_start_url(request.url)
 
     async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Add a request to the wrapped manager."""

@@ -32,6 +32,7 @@ KNOWN_FIELDS = {
     'globs',
     'excludeGlobs',
     'respectRobotsTxtFile',
+    'maxRequestsPerMinute',
 }
 
 
@@ -63,6 +64,8 @@ class CrawlerInput:
     """URL globs of links never followed, nor fetched when taken over from the map (start URLs excepted)."""
     respect_robots_txt_file: bool
     """Skip the URLs the site's robots.txt disallows (crawlee's `respect_robots_txt_file`)."""
+    max_requests_per_minute: int | None
+    """Fetches per minute of all runs together; None: no limit."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -103,6 +106,8 @@ class CrawlerInput:
             globs=fields.globs('globs') or None,
             exclude_globs=fields.globs('excludeGlobs'),
             respect_robots_txt_file=fields.boolean('respectRobotsTxtFile', default=False),
+            max_requests_per_minute=fields.integer('maxRequestsPerMinute', default=0, minimum=0, maximum=1_000_000)
+            or None,
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )

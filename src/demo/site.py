@@ -23,15 +23,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class SiteStats:
-    """Fetch counts per path, shared by the server's threads."""
+    """Fetch counts per path, and the time of every fetch, shared by the server's threads."""
 
     fetches: Counter[str] = field(default_factory=Counter)
+    times: list[float] = field(default_factory=list)
+    """`time.monotonic()` of each fetch, in order."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def hit(self, path: str) -> None:
         """Count one fetch of `path`."""
         with self.lock:
             self.fetches[path] += 1
+            self.times.append(time.monotonic())
 
     def snapshot(self) -> dict[str, Any]:
         """Total and distinct fetches, duplicates, and the count per path."""

@@ -169,3 +169,34 @@ async def test_no_run_fetches_a_url_robots_txt_disallows_even_when_it_waits_in_t
     assert not {path for path in second if excluded_section(path)}, 'a URL robots.txt disallows was fetched'
     assert allowed <= set(first) | set(second), 'every allowed page was fetched'
     assert 'disallowed based on robots.txt' in all_logs(repo), 'URLs waiting in the map were skipped, not fetched'
+
+
+RATE_BUDGET = 240  # pages a minute for the whole crawl: 4 a second, so ~50 fetches take ~12 s
+
+
+async def crawl_wide_rate(tmp_path: Path, runs: int) -> float:
+    """Pages a minute the site saw from `runs` runs sharing `maxRequestsPerMinute`, once all of them fetch."""
+    site = serve_site(3000)
+    repo = copy_repo(tmp_path / f'runs-{runs}')
+    actor_input = options_input(site, parallelRuns=runs, maxRequestsPerMinute=RATE_BUDGET)
+    write_input(repo / 'storage', actor_input)
+    skip, count = 10, 50  # the first fetches: the runs start one after the other, with few URLs known yet
+    proc = start_actor(repo)
+    try:
+        deadline = time.monotonic() + 50
+        while len(site.stats.times) < skip + count and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list the server threads append to
+            await asyncio.sleep(0.1)
+        assert proc.poll() is None, (repo / 'actor.log').read_text()[-3000:]
+    finally:
+        kill_group(proc)
+        site.stop()
+    times = site.stats.times[skip : skip + count]
+    assert len(times) == count, f'only {len(site.stats.times)} fetches in 50 s'
+    return (count - 1) / (times[-1] - times[0]) * 60
+
+
+async def test_max_requests_per_minute_is_for_the_whole_crawl_with_one_run_and_with_three(tmp_path: Path) -> None:
+    rates = {runs: await crawl_wide_rate(tmp_path, runs) for runs in (1, 3)}
+    print(f'maxRequestsPerMinute {RATE_BUDGET}: measured {rates[1]:.1f} (1 run), {rates[3]:.1f} (3 runs) a minute')
+    for runs, rate in rates.items():
+        assert abs(rate - RATE_BUDGET) <= 0.1 * RATE_BUDGET, f'{runs} runs fetched {rate:.1f} pages a minute'

@@ -82,3 +82,13 @@ def test_respect_robots_txt_file_is_a_boolean_off_by_default() -> None:
     assert CrawlerInput.parse({**START, 'respectRobotsTxtFile': True}).respect_robots_txt_file is True
     with pytest.raises(InputError, match='respectRobotsTxtFile must be true or false'):
         CrawlerInput.parse({**START, 'respectRobotsTxtFile': 'yes'})
+
+
+def test_max_requests_per_minute_is_a_whole_number_zero_for_no_limit() -> None:
+    assert CrawlerInput.parse(START).max_requests_per_minute is None
+    assert CrawlerInput.parse({**START, 'maxRequestsPerMinute': 0}).max_requests_per_minute is None
+    assert CrawlerInput.parse({**START, 'maxRequestsPerMinute': 120}).max_requests_per_minute == 120
+    with pytest.raises(InputError, match='maxRequestsPerMinute must be between 0 and 1000000, got -5'):
+        CrawlerInput.parse({**START, 'maxRequestsPerMinute': -5})
+    with pytest.raises(InputError, match='maxRequestsPerMinute must be a whole number'):
+        CrawlerInput.parse({**START, 'maxRequestsPerMinute': 'fast'})
