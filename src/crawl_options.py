@@ -1,4 +1,4 @@
-"""The input options that decide which URLs are crawled and how: start URL lists, globs, robots.txt, request rate.
+"""The input options that decide which URLs are crawled and how: start URL lists, globs, robots.txt, rate, proxy.
 
 `prepare_crawl_options()` turns the validated input into a `CrawlOptions`: what `src/routes.py` passes to
 `enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`, a request manager around the shared one that applies
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from apify import Actor
 from crawlee import Glob, Request, RequestState
 from crawlee.http_clients import HttpClient, ImpitHttpClient
 from crawlee.request_loaders import RequestManager
@@ -27,6 +28,7 @@ from .shared_map import SharedRequestManager, map_key
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from apify import ProxyConfiguration
     from crawlee.storage_clients.models import ProcessedRequest
 
     from .input import CrawlerInput
@@ -127,12 +129,27 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
     # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
     # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
     crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
+    if crawl_input.proxy_configuration is not None:
+        crawler_options['proxy_configuration'] = await _proxy_configuration(crawl_input.proxy_configuration)
     return CrawlOptions(
         links=_link_rules,
         start_urls=list(dict.fromkeys(start_urls)),
         crawler_options=crawler_options,
         max_requests_per_minute=crawl_input.max_requests_per_minute,
     )
+
+
+async def _proxy_configuration(proxy_input: dict[str, Any]) -> ProxyConfiguration | None:
+    """The SDK's proxy configuration for the input (None: `proxyUrls` empty and no Apify Proxy).
+
+    Raises:
+        InputError: the SDK refused it, e.g. Apify Proxy without a password or token when running locally.
+    """
+    try:
+        return await Actor.create_proxy_configuration(actor_proxy_input=proxy_input)
+    except Exception as exc:  # the SDK raises ValueError and ConnectionError with long, multi-line messages
+        reason = ' '.join(str(exc).split())
+        raise InputError(f'proxyConfiguration cannot be used: {reason:.400}') from None
 
 
 async def read_url_list(url: str, client: HttpClient) -> list[str]:

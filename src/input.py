@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connection
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+PROXY_URL = re.compile(r'^(?:https?|socks[45]h?)://[^/\s]+/?$', re.IGNORECASE)
 URL_GLOB = re.compile(r'^https?\*?://', re.IGNORECASE)
 KNOWN_FIELDS = {
     'startUrls',
@@ -33,6 +34,7 @@ KNOWN_FIELDS = {
     'excludeGlobs',
     'respectRobotsTxtFile',
     'maxRequestsPerMinute',
+    'proxyConfiguration',
 }
 
 
@@ -66,6 +68,8 @@ class CrawlerInput:
     """Skip the URLs the site's robots.txt disallows (crawlee's `respect_robots_txt_file`)."""
     max_requests_per_minute: int | None
     """Fetches per minute of all runs together; None: no limit."""
+    proxy_configuration: dict[str, Any] | None
+    """The Apify proxy input (`{"useApifyProxy": true}` or `{"proxyUrls": [...]}`); None: no proxy."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -108,6 +112,7 @@ class CrawlerInput:
             respect_robots_txt_file=fields.boolean('respectRobotsTxtFile', default=False),
             max_requests_per_minute=fields.integer('maxRequestsPerMinute', default=0, minimum=0, maximum=1_000_000)
             or None,
+            proxy_configuration=fields.proxy('proxyConfiguration'),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )
@@ -273,6 +278,36 @@ class _Fields:
             else:
                 globs.append(glob.strip())
         return globs
+
+    def proxy(self, name: str) -> dict[str, Any] | None:
+        """The Apify proxy input: `{"useApifyProxy": true, ...}` (the platform) or `{"proxyUrls": ["http://..."]}`."""
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self._problems.append(
+                f'{name} must be an object such as {{"useApifyProxy": true}} or '
+                f'{{"proxyUrls": ["http://user:password@proxy.example:8000"]}}, got {value!r:.80}.'
+            )
+            return None
+        if not isinstance(value.get('useApifyProxy', False), bool):
+            self._problems.append(f'{name}.useApifyProxy must be true or false.')
+            return None
+        urls = value.get('proxyUrls', [])
+        if not value.get('useApifyProxy') and not (
+            isinstance(urls, list) and all(isinstance(url, str) and PROXY_URL.match(url) for url in urls)
+        ):
+            shown = (
+                [url.split('@')[-1] if isinstance(url, str) else url for url in urls]
+                if isinstance(urls, list)
+                else urls
+            )
+            self._problems.append(
+                f'{name}.proxyUrls must be a list of proxy URLs such as "http://user:password@proxy.example:8000" '
+                f'(http, https, socks4 or socks5), got {shown!r:.120}.'  # credentials are never shown
+            )
+            return None
+        return value
 
     def store_name(self, name: str, *, default: str) -> str:
         value = self.string(name)

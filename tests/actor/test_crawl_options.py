@@ -6,9 +6,15 @@ The local site counts every fetch, so "fetched" is what the server saw, not what
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import signal
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +206,72 @@ async def test_max_requests_per_minute_is_for_the_whole_crawl_with_one_run_and_w
     print(f'maxRequestsPerMinute {RATE_BUDGET}: measured {rates[1]:.1f} (1 run), {rates[3]:.1f} (3 runs) a minute')
     for runs, rate in rates.items():
         assert abs(rate - RATE_BUDGET) <= 0.1 * RATE_BUDGET, f'{runs} runs fetched {rate:.1f} pages a minute'
+
+
+class _CountingProxy(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(('127.0.0.1', 0), _ProxyHandler)
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """A forward proxy for plain-HTTP GETs (`GET http://host/path`), counting each request by path."""
+
+    server: _CountingProxy
+
+    def do_GET(self) -> None:
+        target = urllib.parse.urlsplit(self.path)
+        with self.server.lock:
+            self.server.counts[target.path + (f'?{target.query}' if target.query else '')] += 1
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the site
+        try:
+            with opener.open(self.path, timeout=30) as answer:
+                status, body, content_type = answer.status, answer.read(), answer.headers.get('Content-Type', '')
+        except urllib.error.HTTPError as error:
+            status, body, content_type = error.code, error.read(), error.headers.get('Content-Type', '')
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+async def test_every_fetch_of_every_run_goes_through_the_proxy_of_proxy_urls(tmp_path: Path) -> None:
+    site = serve_site(100, delay_secs=0.005)
+    proxy = _CountingProxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy_url = f'http://127.0.0.1:{proxy.server_address[1]}'
+    repo = copy_repo(tmp_path / 'repo')
+    actor_input = options_input(
+        site, parallelRuns=2, proxyConfiguration={'useApifyProxy': False, 'proxyUrls': [proxy_url]}
+    )
+    write_input(repo / 'storage', actor_input)
+    try:
+        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        counts = site.stats.snapshot()['counts']
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        site.stop()
+    assert code == 0, log[-3000:]
+    assert len(counts) == site.pages, 'every page was crawled'
+    assert dict(proxy.counts) == counts, 'every fetch the site saw came through the proxy'
+
+
+async def test_apify_proxy_without_a_password_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    actor_input = {'startUrls': [{'url': 'http://127.0.0.1:1/'}], 'parallelRuns': 2}
+    code, output = await asyncio.to_thread(
+        run_actor, storage, {**actor_input, 'proxyConfiguration': {'useApifyProxy': True}}
+    )
+    assert code != 0
+    assert 'Traceback' not in output
+    (line,) = error_lines(output)
+    assert 'proxyConfiguration cannot be used: Apify Proxy password must be provided' in line
+    assert not (storage / 'parallel-runs').exists(), 'no child run was started'

@@ -92,3 +92,26 @@ def test_max_requests_per_minute_is_a_whole_number_zero_for_no_limit() -> None:
         CrawlerInput.parse({**START, 'maxRequestsPerMinute': -5})
     with pytest.raises(InputError, match='maxRequestsPerMinute must be a whole number'):
         CrawlerInput.parse({**START, 'maxRequestsPerMinute': 'fast'})
+
+
+def test_proxy_configuration_takes_apifys_proxy_input() -> None:
+    assert CrawlerInput.parse(START).proxy_configuration is None
+    own = {'useApifyProxy': False, 'proxyUrls': ['http://user:pw@127.0.0.1:8000', 'socks5://proxy.example:1080']}
+    assert CrawlerInput.parse({**START, 'proxyConfiguration': own}).proxy_configuration == own
+    apify = {'useApifyProxy': True, 'apifyProxyGroups': ['RESIDENTIAL']}
+    assert CrawlerInput.parse({**START, 'proxyConfiguration': apify}).proxy_configuration == apify
+
+
+@pytest.mark.parametrize(
+    ('proxy', 'message'),
+    [
+        ('http://127.0.0.1:8000', 'proxyConfiguration must be an object such as'),
+        ({'useApifyProxy': 'yes'}, 'proxyConfiguration.useApifyProxy must be true or false'),
+        ({'proxyUrls': 'http://127.0.0.1:8000'}, 'proxyConfiguration.proxyUrls must be a list of proxy URLs'),
+        ({'proxyUrls': ['ftp://user:s3cret@proxy.example:21']}, r"got \['proxy.example:21'\]"),
+    ],
+)
+def test_invalid_proxy_configuration_says_what_to_fix_without_credentials(proxy: object, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        CrawlerInput.parse({**START, 'proxyConfiguration': proxy})
+    assert 's3cret' not in str(info.value)
