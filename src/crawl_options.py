@@ -1,4 +1,4 @@
-"""The input options that decide which URLs are crawled and how: start URL lists, globs, robots.txt, rate, proxy.
+"""Input options deciding which URLs are crawled and how: URL lists, sitemaps, globs, robots.txt, rate, proxy.
 
 `prepare_crawl_options()` turns the validated input into a `CrawlOptions`: what `src/routes.py` passes to
 `enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`, a request manager around the shared one that applies
@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from apify import Actor
 from crawlee import Glob, Request, RequestState
 from crawlee.http_clients import HttpClient, ImpitHttpClient
-from crawlee.request_loaders import RequestManager
+from crawlee.request_loaders import RequestManager, SitemapRequestLoader
 
 from .input import InputError
 from .shared_map import SharedRequestManager, map_key
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 URL_IN_TEXT = re.compile(r"""https?://[^\s,"'<>]+""")
 """A URL in a `requestsFromUrl` file: one a line, or anywhere in the text (up to a space, comma or quote)."""
 LIST_TIMEOUT = timedelta(seconds=30)
+SITEMAPS_TIMEOUT_SECS = 300.0
+"""Longest a run reads sitemaps before it starts crawling with the URLs read so far."""
+SITEMAP_IN_ROBOTS = re.compile(r'^\s*sitemap\s*:\s*(\S+)', re.IGNORECASE | re.MULTILINE)
 MAX_PACE_WAIT_SECS = 2.0
 """Longest a crawler task waits for this run's next turn before it returns no request (crawlee then starts another
 task): no task waits anywhere near crawlee's timeout for fetching a request, and a stopping crawler is not held up."""
@@ -126,6 +130,12 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
             len(start_urls),
             len(start_urls) - len(crawl_input.start_urls),
         )
+    if crawl_input.use_sitemaps:
+        found = await read_sitemaps(start_urls, _link_rules, ImpitHttpClient())
+        start_urls += found
+        logger.info(
+            'useSitemaps: %d URLs from the sitemaps of %d start URLs.', len(found), len(start_urls) - len(found)
+        )
     # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
     # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
     crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
@@ -150,6 +160,43 @@ async def _proxy_configuration(proxy_input: dict[str, Any]) -> ProxyConfiguratio
     except Exception as exc:  # the SDK raises ValueError and ConnectionError with long, multi-line messages
         reason = ' '.join(str(exc).split())
         raise InputError(f'proxyConfiguration cannot be used: {reason:.400}') from None
+
+
+async def read_sitemaps(start_urls: list[str], links: LinkRules, client: HttpClient) -> list[str]:
+    """The page URLs in the sitemaps of the start URLs' sites, those the link rules follow, each once.
+
+    The sitemaps of a site are those its robots.txt names (`Sitemap:` lines) and `/sitemap.xml`; crawlee's
+    `SitemapRequestLoader` reads them (XML, plain text, gzip, nested sitemap indexes). Each run reads them when it
+    starts; the shared map makes sure every URL is fetched once. A missing sitemap is logged and skipped.
+    """
+    sitemaps: list[str] = []
+    for origin in dict.fromkeys(f'{parts.scheme}://{parts.netloc}' for parts in map(urlsplit, start_urls)):
+        try:
+            response = await client.send_request(f'{origin}/robots.txt', timeout=LIST_TIMEOUT)
+            robots = (await response.read()).decode('utf-8', errors='replace') if response.status_code == 200 else ''
+        except Exception as exc:  # no robots.txt: only the default location then
+            logger.warning('useSitemaps: could not read %s/robots.txt: %s', origin, type(exc).__name__)
+            robots = ''
+        sitemaps += [*SITEMAP_IN_ROBOTS.findall(robots), f'{origin}/sitemap.xml']
+    loader = SitemapRequestLoader(
+        list(dict.fromkeys(sitemaps)),
+        client,
+        include=list(links.include) or None,
+        exclude=list(links.exclude),
+        enqueue_strategy='all' if links.include else 'same-hostname',
+    )
+    urls: list[str] = []
+    try:
+        async with asyncio.timeout(SITEMAPS_TIMEOUT_SECS):
+            while (request := await loader.fetch_next_request()) is not None:
+                urls.append(request.url)
+                await loader.mark_request_as_handled(request)
+    except TimeoutError:
+        logger.warning('useSitemaps: reading the sitemaps took over %.0f s; crawling with the URLs read so far.',
+                       SITEMAPS_TIMEOUT_SECS)  # fmt: skip
+    finally:
+        await loader.close()
+    return list(dict.fromkeys(urls))
 
 
 async def read_url_list(url: str, client: HttpClient) -> list[str]:

@@ -35,6 +35,7 @@ KNOWN_FIELDS = {
     'respectRobotsTxtFile',
     'maxRequestsPerMinute',
     'proxyConfiguration',
+    'useSitemaps',
 }
 
 
@@ -70,6 +71,8 @@ class CrawlerInput:
     """Fetches per minute of all runs together; None: no limit."""
     proxy_configuration: dict[str, Any] | None
     """The Apify proxy input (`{"useApifyProxy": true}` or `{"proxyUrls": [...]}`); None: no proxy."""
+    use_sitemaps: bool
+    """Also start from the URLs in the sitemaps of the start URLs' sites."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -113,6 +116,7 @@ class CrawlerInput:
             max_requests_per_minute=fields.integer('maxRequestsPerMinute', default=0, minimum=0, maximum=1_000_000)
             or None,
             proxy_configuration=fields.proxy('proxyConfiguration'),
+            use_sitemaps=fields.boolean('useSitemaps', default=False),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )

@@ -275,3 +275,30 @@ async def test_apify_proxy_without_a_password_stops_the_run_with_one_line(tmp_pa
     (line,) = error_lines(output)
     assert 'proxyConfiguration cannot be used: Apify Proxy password must be provided' in line
     assert not (storage / 'parallel-runs').exists(), 'no child run was started'
+
+
+def sitemap(paths: list[str], *extra_urls: str) -> str:
+    urls = [f'http://127.0.0.1:{{port}}{path}' for path in paths] + list(extra_urls)
+    entries = ''.join(f'<url><loc>{url}</loc></url>' for url in urls)
+    return f'<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
+
+
+async def test_use_sitemaps_seeds_the_crawl_from_the_sites_sitemaps_each_page_once(tmp_path: Path) -> None:
+    main = [page_path(page) for page in range(150, 180)]
+    extra = [page_path(page) for page in range(175, 190)]  # 5 also in the main sitemap
+    files = {
+        '/robots.txt': 'User-agent: *\nAllow: /\nSitemap: http://127.0.0.1:{port}/sitemap-extra.xml\n',
+        '/sitemap.xml': sitemap(main, 'https://example.invalid/elsewhere'),  # another host: not crawled
+        '/sitemap-extra.xml': sitemap(extra),
+    }
+    site = serve_site(300, files=files)
+    repo = copy_repo(tmp_path / 'repo')
+    write_input(repo / 'storage', options_input(site, useSitemaps=True, maxCrawlDepth=0, parallelRuns=2))
+    try:
+        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        counts = site.stats.snapshot()['counts']
+    finally:
+        site.stop()
+    assert code == 0, log[-3000:]
+    assert {path: counts.pop(path) for path in files} == dict.fromkeys(files, 2), 'each run read them once'
+    assert counts == dict.fromkeys(['/', *main, *extra], 1), 'the start URL and every sitemap page, each once'

@@ -115,3 +115,10 @@ def test_invalid_proxy_configuration_says_what_to_fix_without_credentials(proxy:
     with pytest.raises(InputError, match=message) as info:
         CrawlerInput.parse({**START, 'proxyConfiguration': proxy})
     assert 's3cret' not in str(info.value)
+
+
+def test_use_sitemaps_is_a_boolean_off_by_default() -> None:
+    assert CrawlerInput.parse(START).use_sitemaps is False
+    assert CrawlerInput.parse({**START, 'useSitemaps': True}).use_sitemaps is True
+    with pytest.raises(InputError, match='useSitemaps must be true or false'):
+        CrawlerInput.parse({**START, 'useSitemaps': 1})
