@@ -30,7 +30,7 @@ async def main() -> None:
         try:
             crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
             await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
-            options = await prepare_crawl_options(crawl_input)  # globs, start URL lists, robots.txt, ...
+            options = await prepare_crawl_options(crawl_input)  # URL lists, sitemaps, globs, robots.txt, rate, proxy
         except InputError as exc:
             Actor.log.error(str(exc))
             await Actor.fail(status_message=str(exc))
@@ -58,7 +58,7 @@ async def crawl(crawl_input: CrawlerInput, options: CrawlOptions, run_id: str, c
             max_concurrency=crawl_input.max_concurrency,
             desired_concurrency=min(10, crawl_input.max_concurrency),
         ),
-        **options.crawler_options,  # robots.txt, ...
+        **options.crawler_options,  # robots.txt, proxy
     }
     if not crawl_input.use_shared_map:  # Runs that share nothing: the baseline the benchmark compares with.
         crawler = BeautifulSoupCrawler(max_requests_per_crawl=crawl_input.max_requests_per_crawl, **crawler_options)
