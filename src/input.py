@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connection
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+PROXY_URL = re.compile(r'^(?:https?|socks[45]h?)://[^/\s]+/?$', re.IGNORECASE)
+URL_GLOB = re.compile(r'^https?\*?://', re.IGNORECASE)
 KNOWN_FIELDS = {
     'startUrls',
     'maxRequestsPerCrawl',
@@ -28,6 +30,12 @@ KNOWN_FIELDS = {
     'parallelRuns',
     'useSharedMap',
     'parentRunId',
+    'globs',
+    'excludeGlobs',
+    'respectRobotsTxtFile',
+    'maxRequestsPerMinute',
+    'proxyConfiguration',
+    'useSitemaps',
 }
 
 
@@ -40,6 +48,8 @@ class CrawlerInput:
     """The validated input of one run."""
 
     start_urls: list[str]
+    start_url_lists: list[str]
+    """URLs of text files listing more start URLs (`{"requestsFromUrl": ...}` entries of `startUrls`)."""
     max_requests_per_crawl: int | None
     max_crawl_depth: int | None
     max_concurrency: int
@@ -51,6 +61,18 @@ class CrawlerInput:
     parallel_runs: int
     use_shared_map: bool
     parent_run_id: str | None
+    globs: list[str] | None
+    """URL globs a link must match to be followed; None: links to the start URL's host are followed."""
+    exclude_globs: list[str]
+    """URL globs of links never followed, nor fetched when taken over from the map (start URLs excepted)."""
+    respect_robots_txt_file: bool
+    """Skip the URLs the site's robots.txt disallows (crawlee's `respect_robots_txt_file`)."""
+    max_requests_per_minute: int | None
+    """Fetches per minute of all runs together; None: no limit."""
+    proxy_configuration: dict[str, Any] | None
+    """The Apify proxy input (`{"useApifyProxy": true}` or `{"proxyUrls": [...]}`); None: no proxy."""
+    use_sitemaps: bool
+    """Also start from the URLs in the sitemaps of the start URLs' sites."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -73,9 +95,10 @@ class CrawlerInput:
         for name, known in _likely_typos(unknown).items():
             problems.append(f'Unknown input field {name}: did you mean {known}?')
         fields = _Fields(raw, problems)
-        start_urls = _start_urls(raw.get('startUrls'), problems)
+        start_urls, start_url_lists = _start_urls(raw.get('startUrls'), problems)
         parsed = cls(
             start_urls=start_urls,
+            start_url_lists=start_url_lists,
             max_requests_per_crawl=fields.integer('maxRequestsPerCrawl', default=0, minimum=0) or None,
             max_crawl_depth=fields.integer('maxCrawlDepth', default=None, minimum=0),
             max_concurrency=fields.integer('maxConcurrency', default=10, minimum=1, maximum=1000) or 10,
@@ -87,6 +110,13 @@ class CrawlerInput:
             parallel_runs=fields.integer('parallelRuns', default=1, minimum=1, maximum=50) or 1,
             use_shared_map=fields.boolean('useSharedMap', default=True),
             parent_run_id=fields.string('parentRunId'),
+            globs=fields.globs('globs') or None,
+            exclude_globs=fields.globs('excludeGlobs'),
+            respect_robots_txt_file=fields.boolean('respectRobotsTxtFile', default=False),
+            max_requests_per_minute=fields.integer('maxRequestsPerMinute', default=0, minimum=0, maximum=1_000_000)
+            or None,
+            proxy_configuration=fields.proxy('proxyConfiguration'),
+            use_sitemaps=fields.boolean('useSitemaps', default=False),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )
@@ -152,25 +182,32 @@ def check_local_input_file() -> None:
             ) from None
 
 
-def _start_urls(value: object, problems: list[str]) -> list[str]:
+def _start_urls(value: object, problems: list[str]) -> tuple[list[str], list[str]]:
+    """The start URLs, and the URLs of the text files that list more (`requestsFromUrl` entries)."""
     if value is None or value == []:
         problems.append('startUrls is required: give at least one URL, e.g. [{"url": "https://crawlee.dev"}].')
-        return []
+        return [], []
     if not isinstance(value, list):
         problems.append('startUrls must be a list such as [{"url": "https://crawlee.dev"}].')
-        return []
-    urls = []
+        return [], []
+    urls: list[str] = []
+    lists: list[str] = []
     for index, item in enumerate(value):
-        url = item.get('url') if isinstance(item, dict) else item
+        from_url = isinstance(item, dict) and 'requestsFromUrl' in item and 'url' not in item
+        url = item.get('requestsFromUrl' if from_url else 'url') if isinstance(item, dict) else item
         if not isinstance(url, str):
-            problems.append(f'startUrls[{index}] must be {{"url": "https://..."}}, got {item!r:.80}.')
+            problems.append(
+                f'startUrls[{index}] must be {{"url": "https://..."}} or {{"requestsFromUrl": "https://.../urls.txt"}}'
+                f', got {item!r:.80}.'
+            )
             continue
         parts = urlsplit(url.strip())
         if parts.scheme not in ('http', 'https') or not parts.netloc:
-            problems.append(f'startUrls[{index}] "{url:.200}" is not an http(s) URL with a host.')
+            field = '.requestsFromUrl' if from_url else ''
+            problems.append(f'startUrls[{index}]{field} "{url:.200}" is not an http(s) URL with a host.')
             continue
-        urls.append(url.strip())
-    return urls
+        (lists if from_url else urls).append(url.strip())
+    return urls, lists
 
 
 class _Fields:
@@ -220,6 +257,59 @@ class _Fields:
             return None
         if not isinstance(value, str):
             self._problems.append(f'{name} must be a string, got {value!r:.80}.')
+            return None
+        return value
+
+    def globs(self, name: str) -> list[str]:
+        """URL globs in Apify's format, `[{"glob": "https://example.com/docs/**"}]` (plain strings are taken too)."""
+        value = self._raw.get(name)
+        if value is None:
+            return []
+        example = f'{name} must be a list such as [{{"glob": "https://example.com/docs/**"}}]'
+        if not isinstance(value, list):
+            self._problems.append(f'{example}, got {value!r:.80}.')
+            return []
+        globs = []
+        for index, item in enumerate(value):
+            glob = item.get('glob') if isinstance(item, dict) else item
+            if not isinstance(glob, str) or not glob.strip():
+                self._problems.append(f'{example}; {name}[{index}] is {item!r:.80}.')
+            elif not URL_GLOB.match(glob.strip()):
+                self._problems.append(
+                    f'{name}[{index}] "{glob:.200}" is not a URL glob: it must start with http:// or https:// (or '
+                    'http*://), e.g. "https://example.com/docs/**", since it is matched against whole URLs.'
+                )
+            else:
+                globs.append(glob.strip())
+        return globs
+
+    def proxy(self, name: str) -> dict[str, Any] | None:
+        """The Apify proxy input: `{"useApifyProxy": true, ...}` (the platform) or `{"proxyUrls": ["http://..."]}`."""
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self._problems.append(
+                f'{name} must be an object such as {{"useApifyProxy": true}} or '
+                f'{{"proxyUrls": ["http://user:password@proxy.example:8000"]}}, got {value!r:.80}.'
+            )
+            return None
+        if not isinstance(value.get('useApifyProxy', False), bool):
+            self._problems.append(f'{name}.useApifyProxy must be true or false.')
+            return None
+        urls = value.get('proxyUrls', [])
+        if not value.get('useApifyProxy') and not (
+            isinstance(urls, list) and all(isinstance(url, str) and PROXY_URL.match(url) for url in urls)
+        ):
+            shown = (
+                [url.split('@')[-1] if isinstance(url, str) else url for url in urls]
+                if isinstance(urls, list)
+                else urls
+            )
+            self._problems.append(
+                f'{name}.proxyUrls must be a list of proxy URLs such as "http://user:password@proxy.example:8000" '
+                f'(http, https, socks4 or socks5), got {shown!r:.120}.'  # credentials are never shown
+            )
             return None
         return value
 

@@ -17,6 +17,7 @@ from crawlee import ConcurrencySettings
 from crawlee.crawlers import BeautifulSoupCrawler
 
 from .baseline import crawl_without_sharing
+from .crawl_options import CrawlOptions
 from .input import CrawlerInput, exit_if_input_file_is_invalid
 from .preflight import read_input
 from .routes import router
@@ -29,13 +30,16 @@ async def main() -> None:
     """Crawl the start URLs; with `parallelRuns` > 1, together with that many runs in total."""
     exit_if_input_file_is_invalid()  # Actor.init() would fail on a broken INPUT.json with a long traceback
     async with Actor:
-        crawl_input = await read_input()  # on invalid input: one line saying what to fix, and the run fails
-        if crawl_input is None:
+        prepared = await read_input()  # on invalid input: one line saying what to fix, and the run fails
+        if prepared is None:
             return
+        crawl_input, options = prepared  # options: URL lists, sitemaps, globs, robots.txt, rate, proxy
         run_id = Actor.configuration.actor_run_id or f'local-{uuid.uuid4().hex[:8]}'
         async with Supervisor.fan_out(crawl_input, run_id) as supervisor:  # the other runs; Ctrl-C stops them all
             if not crawl_input.use_shared_map:
-                await crawl_without_sharing(crawl_input, run_id, supervisor, crawler_options(crawl_input))
+                await crawl_without_sharing(
+                    crawl_input, options, run_id, supervisor, crawler_options(crawl_input, options)
+                )
                 return
             started = time.monotonic()
             async with SharedRequestManager.open_crawl(
@@ -49,13 +53,15 @@ async def main() -> None:
                 max_processed=crawl_input.max_requests_per_crawl,
             ) as manager:
                 # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
-                crawler = BeautifulSoupCrawler(request_manager=manager, keep_alive=True, **crawler_options(crawl_input))
+                crawler = BeautifulSoupCrawler(
+                    request_manager=options.wrap(manager), keep_alive=True, **crawler_options(crawl_input, options)
+                )
                 await supervisor.wait_unless_stopped(manager.wait_for_runs())
-                await supervisor.run_crawler(crawler, manager.run(crawler, crawl_input.start_urls))
+                await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)
 
 
-def crawler_options(crawl_input: CrawlerInput) -> dict[str, Any]:
+def crawler_options(crawl_input: CrawlerInput, options: CrawlOptions) -> dict[str, Any]:
     """The crawler's options from the input, as in the official template."""
     return {
         'request_handler': router,
@@ -65,4 +71,5 @@ def crawler_options(crawl_input: CrawlerInput) -> dict[str, Any]:
             max_concurrency=crawl_input.max_concurrency,
             desired_concurrency=min(10, crawl_input.max_concurrency),
         ),
+        **options.crawler_options,  # robots.txt, proxy
     }

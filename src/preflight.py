@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from apify import Actor
 
+from .crawl_options import CrawlOptions, prepare_crawl_options
 from .input import CrawlerInput, InputError
 from .shared_map import InvalidOptionError, StoreUnavailableError, check_store_name, open_store
 
@@ -23,18 +24,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-async def read_input() -> CrawlerInput | None:
-    """The run's input, validated, with the shared store checked; None (the run failed, saying why) if invalid."""
+async def read_input() -> tuple[CrawlerInput, CrawlOptions] | None:
+    """The run's input, validated, with the shared store checked and the crawl options prepared.
+
+    Returns None (the run failed, saying why in one line) if anything is invalid.
+    """
     try:
         crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
         await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
+        options = await prepare_crawl_options(crawl_input)
     except InputError as exc:
         Actor.log.error(str(exc))
         await Actor.fail(status_message=str(exc))
         return None
     if crawl_input.unknown_fields:
         Actor.log.warning(f'Ignoring unknown input fields: {", ".join(crawl_input.unknown_fields)}')
-    return crawl_input
+    return crawl_input, options
 
 
 async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:

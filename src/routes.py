@@ -5,12 +5,14 @@ from __future__ import annotations
 from crawlee.crawlers import BeautifulSoupCrawlingContext
 from crawlee.router import Router
 
+from .crawl_options import link_options
+
 router = Router[BeautifulSoupCrawlingContext]()
 
 
 @router.default_handler
 async def default_handler(context: BeautifulSoupCrawlingContext) -> None:
-    """Save the page's URL and title, then enqueue the links to the same host.
+    """Save the page's URL and title, then enqueue the links to follow: to the same host, or as the input's globs say.
 
     The shared map works behind `enqueue_links`: links another run already knows are not enqueued again, and links
     another run owns are handed over to it.
@@ -25,4 +27,5 @@ async def default_handler(context: BeautifulSoupCrawlingContext) -> None:
             'depth': context.request.crawl_depth,
         }
     )
-    await context.enqueue_links(strategy='same-hostname')
+    # strategy='same-hostname', or the input's `globs`; minus its `excludeGlobs` (see src/crawl_options.py)
+    await context.enqueue_links(**link_options())

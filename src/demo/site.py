@@ -1,7 +1,8 @@
 """A generated, interlinked local web site that counts how often each page is fetched (no internet needed).
 
 `python -m src.demo.site --pages 3000 --port 8321` serves it; `GET /__stats` returns the fetch counts as JSON,
-`POST /__reset` clears them. Tests and the demo start it in a thread with `serve_site()`.
+`POST /__reset` clears them. Tests and the demo start it in a thread with `serve_site()`, which can also serve a few
+text files (a robots.txt, a sitemap, a list of URLs), counted like pages.
 """
 
 from __future__ import annotations
@@ -14,20 +15,26 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @dataclass
 class SiteStats:
-    """Fetch counts per path, shared by the server's threads."""
+    """Fetch counts per path, and the time of every fetch, shared by the server's threads."""
 
     fetches: Counter[str] = field(default_factory=Counter)
+    times: list[float] = field(default_factory=list)
+    """`time.monotonic()` of each fetch, in order."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def hit(self, path: str) -> None:
         """Count one fetch of `path`."""
         with self.lock:
             self.fetches[path] += 1
+            self.times.append(time.monotonic())
 
     def snapshot(self) -> dict[str, Any]:
         """Total and distinct fetches, duplicates, and the count per path."""
@@ -120,6 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == '/__stats':
             self._send(200, 'application/json', json.dumps(self.server.stats.snapshot()).encode())
             return
+        if path in self.server.files:
+            self.server.stats.hit(path)
+            content_type = 'application/xml' if path.endswith('.xml') else 'text/plain; charset=utf-8'
+            self._send(200, content_type, self.server.files[path].encode())
+            return
         if self.server.hostile and path.startswith('/hostile/'):
             self.server.stats.hit(path)
             answer = hostile_page(path, self.server.server_address[1])
@@ -165,8 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _SiteServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, pages: int, delay_secs: float, hostile: bool) -> None:
+    def __init__(self, port: int, pages: int, delay_secs: float, hostile: bool, files: dict[str, str]) -> None:
         super().__init__(('127.0.0.1', port), _Handler)
+        self.files = files
         self.hostile = hostile
         self.pages = pages
         self.delay_secs = delay_secs
@@ -203,13 +216,24 @@ class RunningSite:
         self.thread.join(timeout=5)
 
 
-def serve_site(pages: int = 3000, *, port: int = 0, delay_secs: float = 0.0, hostile: bool = False) -> RunningSite:
+def serve_site(
+    pages: int = 3000,
+    *,
+    port: int = 0,
+    delay_secs: float = 0.0,
+    hostile: bool = False,
+    files: Mapping[str, str] | None = None,
+) -> RunningSite:
     """Serve a site of `pages` pages on 127.0.0.1 (port 0: any free port) in a daemon thread.
 
     With `hostile`, the home page also links to `/hostile/`: thousands of links, long and odd URLs, a redirect to
-    another host, non-HTML responses, a 404 and a 500.
+    another host, non-HTML responses, a 404 and a 500. `files` maps paths (`/robots.txt`) to text served as they are
+    (`.xml` as XML, the rest as plain text); `{port}` in a file's text becomes the site's port.
     """
-    server = _SiteServer(port, pages, delay_secs, hostile)
+    server = _SiteServer(port, pages, delay_secs, hostile, {})
+    server.files.update(
+        {path: text.replace('{port}', str(server.server_address[1])) for path, text in (files or {}).items()}
+    )
     thread = threading.Thread(target=server.serve_forever, name='demo-site', daemon=True)
     thread.start()
     return RunningSite(server, thread)

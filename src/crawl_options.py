@@ -1,0 +1,227 @@
+"""Input options deciding which URLs are crawled and how: URL lists, sitemaps, globs, robots.txt, rate, proxy.
+
+`prepare_crawl_options()` turns the validated input into a `CrawlOptions`: the start URLs (with those of
+`requestsFromUrl` lists and sitemaps), the crawler's options (robots.txt, proxy), what `src/routes.py` passes to
+`enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`: a request manager around the shared one that applies
+the same link rules to every request this run is about to fetch, including URLs taken over from the shared map
+(queued by a run with other options, e.g. an earlier attempt of a resumed crawl), and that paces this run's fetches
+to its share of `maxRequestsPerMinute` (`src/paced_request_manager.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from apify import Actor
+from crawlee import Glob
+from crawlee.http_clients import HttpClient, ImpitHttpClient
+from crawlee.request_loaders import SitemapRequestLoader
+
+from .input import InputError
+from .paced_request_manager import PacedRequestManager, Pacer
+from .shared_map import map_key
+
+if TYPE_CHECKING:
+    from apify import ProxyConfiguration
+    from crawlee.request_loaders import RequestManager
+
+    from .input import CrawlerInput
+    from .shared_map import SharedRequestManager
+
+logger = logging.getLogger(__name__)
+
+URL_IN_TEXT = re.compile(r"""https?://[^\s,"'<>]+""")
+"""A URL in a `requestsFromUrl` file: one a line, or anywhere in the text (up to a space, comma or quote)."""
+LIST_TIMEOUT = timedelta(seconds=30)
+SITEMAPS_TIMEOUT_SECS = 300.0
+"""Longest a run reads sitemaps before it starts crawling with the URLs read so far."""
+SITEMAP_IN_ROBOTS = re.compile(r'^\s*sitemap\s*:\s*(\S+)', re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LinkRules:
+    """Which links are followed: those matching a glob (without globs: links to the same host), minus excluded ones."""
+
+    include: tuple[Glob, ...] = ()
+    exclude: tuple[Glob, ...] = ()
+
+    @classmethod
+    def from_input(cls, crawl_input: CrawlerInput) -> LinkRules:
+        """The rules of `globs` and `excludeGlobs`."""
+        return cls(
+            include=tuple(Glob(glob) for glob in crawl_input.globs or ()),
+            exclude=tuple(Glob(glob) for glob in crawl_input.exclude_globs),
+        )
+
+    def enqueue_links_options(self) -> dict[str, Any]:
+        """Keyword arguments of `context.enqueue_links` (crawlee matches the globs against absolute URLs)."""
+        if self.include:  # the globs decide, whatever the host (as in Apify's Cheerio Scraper)
+            return {'strategy': 'all', 'include': list(self.include), 'exclude': list(self.exclude)}
+        return {'strategy': 'same-hostname', 'exclude': list(self.exclude)}
+
+    def excludes(self, url: str) -> bool:
+        """Whether a request for `url` must not be fetched: it matches an excluded glob, or no glob at all.
+
+        The host rule (without globs) is not checked here: the map only ever receives links that passed it.
+        """
+        if any(glob.regexp.match(url) for glob in self.exclude):
+            return True
+        return bool(self.include) and not any(glob.regexp.match(url) for glob in self.include)
+
+
+_link_rules = LinkRules()
+
+
+def link_options() -> dict[str, Any]:
+    """What the request handler passes to `context.enqueue_links`: this run's link rules, from its input."""
+    return _link_rules.enqueue_links_options()
+
+
+@dataclass
+class CrawlOptions:
+    """The crawl options of one run, built from its input by `prepare_crawl_options()`."""
+
+    links: LinkRules
+    start_urls: list[str]
+    crawler_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the crawler (`BeautifulSoupCrawler`)."""
+    max_requests_per_minute: int | None = None
+    _start_keys: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._start_keys = {map_key(url) for url in self.start_urls}
+
+    def allows(self, url: str) -> bool:
+        """Whether `url` may be fetched: a start URL always (as in Apify's crawlers), others unless excluded."""
+        return not self.links.excludes(url) or map_key(url) in self._start_keys
+
+    def wrap(self, manager: SharedRequestManager) -> RequestManager:
+        """`manager`, made to skip the requests these options exclude before they are fetched, and paced."""
+        pacer = None
+        if self.max_requests_per_minute:
+            pacer = Pacer(self.max_requests_per_minute, live_runs=lambda: len(manager.live_runs))
+        return PacedRequestManager(manager, allows=self.allows, pacer=pacer)
+
+
+async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
+    """The options of this run; also installs its link rules for `link_options()`.
+
+    Raises:
+        InputError: an option cannot be applied (the message says what to fix).
+    """
+    global _link_rules  # the template's router is a module-level object: it reads them from here
+    _link_rules = LinkRules.from_input(crawl_input)
+    start_urls = list(crawl_input.start_urls)
+    if crawl_input.start_url_lists:
+        client = ImpitHttpClient()
+        for list_url in crawl_input.start_url_lists:
+            start_urls += await read_url_list(list_url, client)
+        logger.info(
+            '%d start URLs, %d of them from requestsFromUrl lists.',
+            len(start_urls),
+            len(start_urls) - len(crawl_input.start_urls),
+        )
+    if crawl_input.use_sitemaps:
+        found = await read_sitemaps(start_urls, _link_rules, ImpitHttpClient())
+        start_urls += found
+        logger.info(
+            'useSitemaps: %d URLs from the sitemaps of %d start URLs.', len(found), len(start_urls) - len(found)
+        )
+    # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
+    # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
+    crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
+    if crawl_input.proxy_configuration is not None:
+        crawler_options['proxy_configuration'] = await _proxy_configuration(crawl_input.proxy_configuration)
+    return CrawlOptions(
+        links=_link_rules,
+        start_urls=list(dict.fromkeys(start_urls)),
+        crawler_options=crawler_options,
+        max_requests_per_minute=crawl_input.max_requests_per_minute,
+    )
+
+
+async def _proxy_configuration(proxy_input: dict[str, Any]) -> ProxyConfiguration | None:
+    """The SDK's proxy configuration for the input (None: `proxyUrls` empty and no Apify Proxy).
+
+    Raises:
+        InputError: the SDK refused it, e.g. Apify Proxy without a password or token when running locally.
+    """
+    try:
+        return await Actor.create_proxy_configuration(actor_proxy_input=proxy_input)
+    except Exception as exc:  # the SDK raises ValueError and ConnectionError with long, multi-line messages
+        reason = ' '.join(str(exc).split())
+        raise InputError(f'proxyConfiguration cannot be used: {reason:.400}') from None
+
+
+async def read_sitemaps(start_urls: list[str], links: LinkRules, client: HttpClient) -> list[str]:
+    """The page URLs in the sitemaps of the start URLs' sites, those the link rules follow, each once.
+
+    The sitemaps of a site are those its robots.txt names (`Sitemap:` lines) and `/sitemap.xml`; crawlee's
+    `SitemapRequestLoader` reads them (XML, plain text, gzip, nested sitemap indexes). Each run reads them when it
+    starts; the shared map makes sure every URL is fetched once. A missing sitemap is logged and skipped.
+    """
+    sitemaps: list[str] = []
+    for origin in dict.fromkeys(f'{parts.scheme}://{parts.netloc}' for parts in map(urlsplit, start_urls)):
+        try:
+            response = await client.send_request(f'{origin}/robots.txt', timeout=LIST_TIMEOUT)
+            robots = (await response.read()).decode('utf-8', errors='replace') if response.status_code == 200 else ''
+        except Exception as exc:  # no robots.txt: only the default location then
+            logger.warning('useSitemaps: could not read %s/robots.txt: %s', origin, type(exc).__name__)
+            robots = ''
+        sitemaps += [*SITEMAP_IN_ROBOTS.findall(robots), f'{origin}/sitemap.xml']
+    loader = SitemapRequestLoader(
+        list(dict.fromkeys(sitemaps)),
+        client,
+        include=list(links.include) or None,
+        exclude=list(links.exclude),
+        enqueue_strategy='all' if links.include else 'same-hostname',
+    )
+    urls: list[str] = []
+    try:
+        async with asyncio.timeout(SITEMAPS_TIMEOUT_SECS):
+            while (request := await loader.fetch_next_request()) is not None:
+                urls.append(request.url)
+                await loader.mark_request_as_handled(request)
+    except TimeoutError:
+        logger.warning('useSitemaps: reading the sitemaps took over %.0f s; crawling with the URLs read so far.',
+                       SITEMAPS_TIMEOUT_SECS)  # fmt: skip
+    finally:
+        await loader.close()
+    return list(dict.fromkeys(urls))
+
+
+async def read_url_list(url: str, client: HttpClient) -> list[str]:
+    """The http(s) URLs in the text file at `url` (a `requestsFromUrl` entry), in order, each once.
+
+    Each run reads the list itself when it starts (the runs share the input, not the list): the shared map makes
+    sure every URL is fetched once.
+
+    Raises:
+        InputError: the file cannot be read, or lists no URL.
+    """
+    try:
+        response = await client.send_request(url, timeout=LIST_TIMEOUT)
+        body = await response.read()
+    except Exception as exc:  # network errors of any HTTP client; their messages can span many lines
+        reason = (str(exc).strip().splitlines() or [''])[0]
+        raise InputError(
+            f'startUrls: the list of URLs at {url} (requestsFromUrl) could not be read: {type(exc).__name__}: '
+            f'{reason:.200}. Check that address.'
+        ) from None
+    if not 200 <= response.status_code < 300:
+        raise InputError(
+            f'startUrls: the list of URLs at {url} (requestsFromUrl) answered HTTP {response.status_code}. '
+            'Check that address.'
+        )
+    urls = list(dict.fromkeys(URL_IN_TEXT.findall(body.decode('utf-8', errors='replace'))))
+    if not urls:
+        raise InputError(
+            f'startUrls: the list at {url} (requestsFromUrl) has no http(s) URL in it: put one URL on each line.'
+        )
+    return urls
