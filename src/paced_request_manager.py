@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from crawlee import Request, RequestState
 from crawlee.request_loaders import RequestManager
+from typing_extensions import override
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -92,6 +93,7 @@ class PacedRequestManager(RequestManager):
         self._allows = allows
         self._pacer = pacer
 
+    @override
     async def fetch_next_request(self) -> Request | None:
         """The next request the options allow, once it is this run's turn (with `maxRequestsPerMinute`)."""
         while True:
@@ -109,10 +111,12 @@ class PacedRequestManager(RequestManager):
             request.state = RequestState.SKIPPED
             await self._inner.mark_request_as_handled(request)
 
+    @override
     async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Add a request to the wrapped manager."""
         return await self._inner.add_request(request, forefront=forefront)
 
+    @override
     async def add_requests(
         self,
         requests: Sequence[str | Request],
@@ -134,30 +138,42 @@ class PacedRequestManager(RequestManager):
             options['wait_time_between_batches'] = wait_time_between_batches
         await self._inner.add_requests(requests, **options)
 
+    @override
     async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
         """Mark a request handled in the wrapped manager."""
         return await self._inner.mark_request_as_handled(request)
 
+    @override
     async def reclaim_request(self, request: Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Give a request back to the wrapped manager for a retry."""
         return await self._inner.reclaim_request(request, forefront=forefront)
 
+    @override
     async def get_handled_count(self) -> int:
         """Requests the wrapped manager handled."""
         return await self._inner.get_handled_count()
 
+    @override
     async def get_total_count(self) -> int:
         """Requests in the wrapped manager."""
         return await self._inner.get_total_count()
 
+    @override
     async def is_empty(self) -> bool:
         """Whether the wrapped manager has nothing to fetch now."""
         return await self._inner.is_empty()
 
+    @override
     async def is_finished(self) -> bool:
         """Whether the wrapped manager has nothing to fetch and nothing in progress."""
         return await self._inner.is_finished()
 
+    @override
     async def drop(self) -> None:
         """Drop the wrapped manager."""
         await self._inner.drop()
+
+    @override
+    async def purge(self) -> None:
+        """Purge the wrapped request manager."""
+        await self._inner.purge()

@@ -226,7 +226,8 @@ async def reset(args: argparse.Namespace) -> None:
         doomed = [
             meta.key
             async for meta in store.iterate_keys()
-            if meta.key.startswith((f'{args.prefix}.', f'{args.prefix}D.', 'RUN-SUMMARY.')) or args.all
+            # The map's records and its request-info map's (prefix + 'D'); --all: every record of the store.
+            if meta.key.startswith((f'{args.prefix}.', f'{args.prefix}D.')) or args.all
         ]
         if not args.yes:
             print(f'This deletes {len(doomed)} records from "{args.store}". Type the store name to confirm: ', end='')
@@ -260,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument('--output', default='-', help='file to write (default: standard output)')
         if name == 'reset':
             command.add_argument('--yes', action='store_true', help='do not ask')
-            command.add_argument('--all', action='store_true', help='delete every record of the store')
+            command.add_argument(
+                '--all', action='store_true', help="delete every record of the store (e.g. the runs' summaries too)"
+            )
     args = parser.parse_args(argv)
     handler = {'inspect': inspect, 'export': export, 'reset': reset}[args.command]
     try:

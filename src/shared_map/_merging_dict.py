@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Self
 
+from typing_extensions import override
+
 from ._records import body_groups
 from ._values import (
     DELETED,
@@ -51,6 +53,7 @@ class MergingDict(dict[str, Any]):
 
     # ------------------------------------------------------------------ the mapping
 
+    @override
     def __setitem__(self, key: str, value: Any) -> None:
         if key.__class__ is not str:
             key = self._check_key(key)
@@ -98,12 +101,14 @@ class MergingDict(dict[str, Any]):
         dict.__setitem__(self, key, ENQUEUED)
         return True
 
+    @override
     def __delitem__(self, key: str) -> None:
         dict.__delitem__(self, key)
         if self._reverts:
             self._reverts.pop(key, None)
         self._dirty[key] = DELETED
 
+    @override
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many entries, as `dict.update` (each goes through the shared-map rules)."""
         items: Iterable[tuple[str, Any]] = other.items() if hasattr(other, 'items') else other
@@ -122,16 +127,19 @@ class MergingDict(dict[str, Any]):
         for key, value in unwritten.items():
             self._dirty.setdefault(key, value)
 
-    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+    @override
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override]
         self.update(other)
         return self
 
+    @override
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return the value of `key`, setting it to `default` first if absent."""
         if key not in self:
             self[key] = default
         return dict.__getitem__(self, key)
 
+    @override
     def pop(self, key: str, default: Any = MISSING) -> Any:
         """Remove `key` (publishing the deletion) and return its value."""
         if key in self:
@@ -142,12 +150,14 @@ class MergingDict(dict[str, Any]):
             raise KeyError(key)
         return default
 
+    @override
     def popitem(self) -> tuple[str, Any]:
         """Remove and return the last inserted entry (publishing the deletion)."""
         key, value = next(reversed(dict.items(self)))
         del self[key]
         return key, value
 
+    @override
     def clear(self) -> None:
         """Delete every entry (publishing the deletions)."""
         for key in list(self):
@@ -158,6 +168,7 @@ class MergingDict(dict[str, Any]):
         """Not supported: a shared map needs a store."""
         raise TypeError('SharedMap.fromkeys() is not supported; create the map on a store, then update() it.')
 
+    @override
     def __reduce__(self) -> Any:
         raise TypeError('A SharedMap cannot be pickled; use dict(shared_map) for a plain copy.')
 

@@ -12,6 +12,7 @@ from crawlee import Request, RequestState
 from crawlee.storage_clients import MemoryStorageClient
 from crawlee.storage_clients.models import ProcessedRequest
 from crawlee.storages import RequestQueue
+from typing_extensions import override
 
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
@@ -158,6 +159,7 @@ class SharedRequestManager(SharedFrontier):
 
     # ------------------------------------------------------------------ RequestManager
 
+    @override
     async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Queue `request` here if it is new and this run owns it; record it in the shared map either way."""
         request = with_map_key(self._transform_request(request))
@@ -165,6 +167,7 @@ class SharedRequestManager(SharedFrontier):
             return ProcessedRequest(unique_key=request.unique_key, was_already_present=True, was_already_handled=False)
         return await self._inner.add_request(request, forefront=forefront)
 
+    @override
     async def add_requests(
         self,
         requests: Sequence[str | Request],
@@ -215,6 +218,7 @@ class SharedRequestManager(SharedFrontier):
         self._queued.add(url)
         return True
 
+    @override
     async def fetch_next_request(self) -> Request | None:
         """The next request to fetch: none beyond the limit, none another run processed or owns now."""
         while True:
@@ -243,6 +247,7 @@ class SharedRequestManager(SharedFrontier):
             self._handled += 1
             await self._inner.mark_request_as_handled(request)
 
+    @override
     async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
         """Record the outcome in the shared map, then in the queue."""
         state = request.state
@@ -258,19 +263,23 @@ class SharedRequestManager(SharedFrontier):
             self._sync_soon()  # this run's last request ended: sync now, not at the next interval
         return result
 
+    @override
     async def reclaim_request(self, request: Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Give a failed request back to the queue for a retry."""
         self._in_flight = max(0, self._in_flight - 1)
         return await self._inner.reclaim_request(request, forefront=forefront)
 
+    @override
     async def get_handled_count(self) -> int:
         """Requests this run handled."""
         return await self._inner.get_handled_count()
 
+    @override
     async def get_total_count(self) -> int:
         """Requests in this run's queue."""
         return await self._inner.get_total_count()
 
+    @override
     async def is_empty(self) -> bool:
         """Whether this run has nothing to fetch now (its queue is empty, or the limit holds it back)."""
         if self._held_back() or await self._inner.is_empty():
@@ -279,12 +288,19 @@ class SharedRequestManager(SharedFrontier):
         self._idle = False
         return False
 
+    @override
     async def is_finished(self) -> bool:
         """Whether this run has nothing to fetch and nothing in progress."""
         if self._in_flight:
             return False
         return self._held_back() or await self._inner.is_finished()
 
+    @override
     async def drop(self) -> None:
         """Drop the wrapped queue."""
         await self._inner.drop()
+
+    @override
+    async def purge(self) -> None:
+        """Purge the wrapped queue (the shared map is never purged: other runs rely on it)."""
+        await self._inner.purge()
