@@ -33,7 +33,7 @@ from crawlee.crawlers import BeautifulSoupCrawlingContext
 from crawlee.router import Router
 
 router = Router[BeautifulSoupCrawlingContext]()
-DETAIL = re.compile(r'/section-[0-7]/')
+DETAIL = re.compile(r'.*/section-[0-7]/')  # crawlee matches from the start of the URL
 
 
 async def save_and_follow(context: BeautifulSoupCrawlingContext) -> None:
