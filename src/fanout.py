@@ -135,13 +135,20 @@ def _start_local_child(crawl_input: CrawlerInput, parent_run_id: str, storage: P
     input_dir.mkdir(parents=True, exist_ok=True)
     (input_dir / 'INPUT.json').write_text(json.dumps(child_input(crawl_input, parent_run_id, storage), indent=2))
     log = (storage_dir / 'log.txt').open('wb')
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'src'],
-        cwd=PROJECT_ROOT,
-        env=child_env(os.environ, storage_dir=storage_dir, run_id=run_id),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    # The child starts with SIGINT ignored (an ignored signal stays ignored across exec, and Python then installs no
+    # KeyboardInterrupt handler): a Ctrl-C to the process group while it is still importing must not kill it with a
+    # traceback. Once running, its own handler takes SIGINT over; before that, the parent's SIGTERM stops it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'src'],
+            cwd=PROJECT_ROOT,
+            env=child_env(os.environ, storage_dir=storage_dir, run_id=run_id),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     log.close()
     return ChildRun(run_id=run_id, process=process, storage_dir=storage_dir)
 

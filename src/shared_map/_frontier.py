@@ -238,8 +238,12 @@ class SharedFrontier(RequestManager):
         """Sync the shared maps and learn which runs are live (hence who owns what)."""
         self._last_sync_at = time.monotonic()
         self._handed_since_sync = 0
-        if self._info is not None and self._info.pending:
-            # Before the statuses: whoever sees a URL waiting can then find its label and depth.
+        # The request info goes before the statuses, so whoever sees a URL waiting finds its label and depth. URLs
+        # admitted while the info was being written are written again, until none came in meanwhile: from there to
+        # the statuses' write phase taking its changes, nothing awaits, so no URL can slip in between.
+        for _ in range(8):
+            if self._info is None or not self._info.pending:
+                break
             await self._info.sync(mode='write-only')
         result = await self._shared.sync()
         self.stats.syncs += 1
