@@ -122,6 +122,11 @@ def child_pids(storage: Path) -> dict[str, int]:
     return pids
 
 
+def child_pid(storage: Path, run_id_suffix: str) -> int | None:
+    """The pid of the local child run under `storage` whose run id ends with `run_id_suffix`."""
+    return next((pid for run_id, pid in child_pids(storage).items() if run_id.endswith(run_id_suffix)), None)
+
+
 def gone(pid: int) -> bool:
     """Whether process `pid` has exited (a zombie counts as exited)."""
     try:

@@ -27,6 +27,7 @@ from src.demo.site import (
     serve_site,
 )
 from src.shared_map import SharedMap, open_store
+from tests.actor.project import child_pid
 from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,22 +110,6 @@ async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: Ru
     urls = dataset_urls(storage) + [url for child in children for url in dataset_urls(child)]
     assert len(urls) == len(set(urls)) == site.pages
     assert 'Parallel runs:' in log
-
-
-def child_pid(storage: Path, run_id_suffix: str) -> int | None:
-    """The pid of the local child run whose storage folder is under `storage` and whose run id ends so."""
-    prefix = f'CRAWLEE_STORAGE_DIR={storage}/parallel-runs/'.encode()
-    for proc in Path('/proc').iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / 'environ').read_bytes().split(b'\0')
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(prefix) and item.endswith(run_id_suffix.encode()):
-                return int(proc.name)
-    return None
 
 
 async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:

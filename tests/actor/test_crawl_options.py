@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from src.demo.site import RunningSite, page_links, page_path, serve_site
+from tests.actor.project import child_pid
 from tests.actor.repo_copy import copy_repo, finish, kill_group, start_actor, write_input
-from tests.actor.test_crawl import child_pid
 from tests.actor.test_user_errors import error_lines, run_actor
 
 
