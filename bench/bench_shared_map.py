@@ -503,18 +503,18 @@ def _getsizeof_breakdown(holder: Any, n: int) -> Json:
     key_bytes = sum((sys.getsizeof(key) + 15) // 16 * 16 for key in holder)
     out: Json = {'keys': key_bytes / n, 'table': dict.__sizeof__(holder) / n}
     if isinstance(holder, SharedMap):
-        for name in ('_stamps', '_tombstones', '_dirty', '_reverts'):
-            out[name] = sys.getsizeof(getattr(holder, name)) / n
+        for name, state in holder.merge_state().items():
+            out[name] = sys.getsizeof(state) / n
     out['total'] = sum(out.values())
     return out
 
 
 def _stamp_key_copies(holder: Any, n: int) -> float | None:
-    """Keys of `_stamps` that are not the very string object the map holds (each one a second copy of a key)."""
+    """Keys of the stamps that are not the very string object the map holds (each one a second copy of a key)."""
     if not isinstance(holder, SharedMap):
         return None
     ids = {id(key) for key in holder}
-    return sum(id(key) not in ids for key in holder._stamps) / n
+    return sum(id(key) not in ids for key in holder.merge_state()['stamps']) / n
 
 
 def _run_child(spec: Json) -> Json:

@@ -23,6 +23,7 @@ from ._backends import check_connection, check_store_name, describe_connection
 from ._errors import InvalidOptionError, SharedMapError
 from ._records import Keys
 from ._shared_map import SharedMap
+from ._urls import info_prefix
 
 
 class CliError(SharedMapError):
@@ -226,8 +227,8 @@ async def reset(args: argparse.Namespace) -> None:
         doomed = [
             meta.key
             async for meta in store.iterate_keys()
-            # The map's records and its request-info map's (prefix + 'D'); --all: every record of the store.
-            if meta.key.startswith((f'{args.prefix}.', f'{args.prefix}D.')) or args.all
+            # The map's records and its request-info map's; --all: every record of the store.
+            if meta.key.startswith((f'{args.prefix}.', f'{info_prefix(args.prefix)}.')) or args.all
         ]
         if not args.yes:
             print(f'This deletes {len(doomed)} records from "{args.store}". Type the store name to confirm: ', end='')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Self
 
@@ -50,6 +50,13 @@ class MergingDict(dict[str, Any]):
     def pending(self) -> int:
         """Number of local changes not yet published."""
         return len(self._dirty)
+
+    def merge_state(self) -> dict[str, Mapping[str, Any]]:
+        """The merge bookkeeping beside the entries, by name (`stamps`, `tombstones`, `dirty`, `reverts`); read-only.
+
+        For memory accounting in tests and benchmarks: e.g. whether `stamps` shares its key strings with the map.
+        """
+        return {'stamps': self._stamps, 'tombstones': self._tombstones, 'dirty': self._dirty, 'reverts': self._reverts}
 
     # ------------------------------------------------------------------ the mapping
 

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
-from ._urls import FAILED, PROCESSED, SKIPPED, map_key_of, request_info, with_map_key
+from ._urls import FAILED, PROCESSED, SKIPPED, info_prefix, map_key_of, request_info, with_map_key
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class SharedRequestManager(SharedFrontier):
         maps = [await SharedMap.open(store_name, connection=connection, run_id=run_id, heartbeat_secs=heartbeat)]
         try:
             # Label, user data and depth of each URL, so that a URL handed over keeps them.
-            maps.append(SharedMap(maps[0].store, run_id=maps[0].run_id, prefix='SMD'))
+            maps.append(SharedMap(maps[0].store, run_id=maps[0].run_id, prefix=info_prefix(maps[0].prefix)))
             await maps[1].initialize()
             if queue is None:
                 queue = await RequestQueue.open(storage_client=MemoryStorageClient())

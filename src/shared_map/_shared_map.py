@@ -342,6 +342,11 @@ class SharedMap(Replica):
 
     # ------------------------------------------------------------------ what other code asks of the map
 
+    @property
+    def prefix(self) -> str:
+        """Prefix of this map's record keys."""
+        return self._keys.prefix
+
     def __repr__(self) -> str:
         return f'<SharedMap run_id={self.run_id!r} prefix={self._keys.prefix!r} entries={len(self)}>'
 

@@ -20,6 +20,11 @@ MAP_KEY_FIELD = '__sharedMapKey'
 """`user_data` field of a request queued again under a fresh unique key: the map key it stands for."""
 
 
+def info_prefix(prefix: str) -> str:
+    """Record prefix of the request-info map (label, user data, depth per URL) kept beside the status map `prefix`."""
+    return f'{prefix}D'
+
+
 def rendezvous(runs: list[str], url: str) -> str:
     """The run that owns `url` among `runs`: the highest hash of (run, url) wins, so every run agrees."""
     return max(runs, key=lambda run: hashlib.blake2b(f'{run}\n{url}'.encode(), digest_size=8).digest())

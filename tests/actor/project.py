@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,10 +39,56 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def start_actor(project: Path, actor_input: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m src` in the root of `project` (a copy), with `actor_input` as its INPUT, as a user runs it."""
-    write_input(project / 'storage', actor_input)
-    return start([str(project / '.venv' / 'bin' / 'python'), '-m', 'src'], cwd=project, log=log)
+def start_actor(
+    project: Path,
+    actor_input: dict[str, Any] | str | None,
+    log: Path,
+    *,
+    storage: Path | None = None,
+    purge: bool = True,
+    input_key: str = 'INPUT',
+) -> subprocess.Popen[bytes]:
+    """`python -m src` in the root of `project` (a copy, or the repository itself), as a user runs it.
+
+    Args:
+        project: Where to run it.
+        actor_input: Its INPUT (a dict, or the file's text as it is); None to use the one already in `storage`.
+        log: Where its output goes.
+        storage: Its storage folder (default: the project's `storage/`, as `apify run` uses).
+        purge: `CRAWLEE_PURGE_ON_START` (a resume sets it off).
+        input_key: The INPUT record's key (`apify run` uses `__CLI_INPUT` for a project with an input schema).
+    """
+    storage = storage or project / 'storage'
+    if actor_input is not None:
+        write_input(storage, actor_input, key=input_key)
+    env = clean_env(
+        CRAWLEE_STORAGE_DIR=str(storage),
+        APIFY_LOCAL_STORAGE_DIR=str(storage),
+        CRAWLEE_PURGE_ON_START='1' if purge else '0',
+        NO_COLOR='1',
+    )
+    if input_key != 'INPUT':
+        env |= {'ACTOR_INPUT_KEY': input_key, 'APIFY_INPUT_KEY': input_key, 'CRAWLEE_INPUT_KEY': input_key}
+    return start([str(project / '.venv' / 'bin' / 'python'), '-m', 'src'], cwd=project, log=log, env=env)
+
+
+def run_actor(
+    project: Path,
+    actor_input: dict[str, Any] | str | None = None,
+    *,
+    timeout: float = 120,
+    storage: Path | None = None,
+    purge: bool = True,
+    input_key: str = 'INPUT',
+) -> tuple[int, str]:
+    """`start_actor`, run to the end (its whole process group killed after `timeout` s); its exit code and output.
+
+    The output is also in `<storage>.log` beside the storage folder.
+    """
+    storage = storage or project / 'storage'
+    log = storage.parent / f'{storage.name}.log'
+    proc = start_actor(project, actor_input, log, storage=storage, purge=purge, input_key=input_key)
+    return finish(proc, timeout, log)
 
 
 def dataset_count(folder: Path) -> int:
@@ -55,10 +102,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | {'APIFY_CLI_DISABLE_TELEMETRY': '1', 'APIFY_CLI_SKIP_UPDATE_CHECK': '1', **extra}
 
 
-def write_input(storage: Path, actor_input: dict[str, Any]) -> None:
+def write_input(storage: Path, actor_input: dict[str, Any] | str, *, key: str = 'INPUT') -> None:
+    """The actor's INPUT (a dict, or the file's text as it is), where `apify run` and `python -m src` read it."""
     folder = storage / 'key_value_stores' / 'default'
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'INPUT.json').write_text(json.dumps(actor_input))
+    text = actor_input if isinstance(actor_input, str) else json.dumps(actor_input)
+    (folder / f'{key}.json').write_text(text)
 
 
 def run_folders(storage: Path) -> list[Path]:
@@ -66,14 +115,19 @@ def run_folders(storage: Path) -> list[Path]:
     return [storage, *sorted((storage / 'parallel-runs').glob('*'))]
 
 
-def dataset_urls(storage: Path) -> list[str]:
-    """The URLs of the items in the datasets of the parent run and of every local child run."""
+def dataset_items(storage: Path) -> list[dict[str, Any]]:
+    """The items of the datasets of the parent run and of every local child run (each run's own pushes)."""
     return [
-        json.loads(path.read_text())['url']
+        json.loads(path.read_text())
         for folder in run_folders(storage)
-        for path in (folder / 'datasets' / 'default').glob('*.json')
+        for path in sorted((folder / 'datasets' / 'default').glob('*.json'))
         if path.name != '__metadata__.json'
     ]
+
+
+def dataset_urls(storage: Path) -> list[str]:
+    """The URLs of the items in the datasets of the parent run and of every local child run."""
+    return [item['url'] for item in dataset_items(storage)]
 
 
 def outputs(storage: Path) -> list[dict[str, Any]]:
@@ -169,3 +223,20 @@ def group_alive(pgid: int) -> bool:
             if int(stat[2]) == pgid and stat[0] != 'Z':
                 return True
     return False
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of the group `proc` leads (a run and the child runs it started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until every process of group `pgid` has ended; whether it did within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True

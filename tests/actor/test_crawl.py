@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +25,8 @@ from src.demo.site import (
     serve_site,
 )
 from src.shared_map import SharedMap, open_store
-from tests.actor.project import child_pid
+from tests.actor.project import ROOT, child_pid, dataset_urls, finish, outputs, run_actor, start_actor
 from tests.conftest import fresh_database
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -38,26 +34,6 @@ def site() -> Iterator[RunningSite]:
     running = serve_site(300, delay_secs=0.005)
     yield running
     running.stop()
-
-
-def start_actor(storage: Path, actor_input: dict[str, Any]) -> subprocess.Popen[bytes]:
-    """Run `python -m src` with its own storage folder and INPUT, as `apify run` would."""
-    input_dir = storage / 'key_value_stores' / 'default'
-    input_dir.mkdir(parents=True, exist_ok=True)
-    (input_dir / 'INPUT.json').write_text(json.dumps(actor_input))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(('CRAWLEE_', 'APIFY_', 'ACTOR_'))}
-    env |= {'CRAWLEE_STORAGE_DIR': str(storage), 'APIFY_LOCAL_STORAGE_DIR': str(storage)}
-    log = (storage.parent / f'{storage.name}.log').open('ab')
-    return subprocess.Popen([sys.executable, '-m', 'src'], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def finish(proc: subprocess.Popen[bytes], storage: Path, timeout: float = 240) -> tuple[int, str]:
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return code, (storage.parent / f'{storage.name}.log').read_text(errors='replace')
 
 
 def crawl_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
@@ -70,20 +46,9 @@ def crawl_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
     }
 
 
-def dataset_urls(storage: Path) -> list[str]:
-    folder = storage / 'datasets' / 'default'
-    return [json.loads(p.read_text())['url'] for p in folder.glob('*.json') if p.name != '__metadata__.json']
-
-
-def outputs(storage: Path) -> list[dict[str, Any]]:
-    files = [storage / 'key_value_stores' / 'default' / 'OUTPUT']
-    files += sorted(storage.glob('parallel-runs/*/key_value_stores/default/OUTPUT'))
-    return [json.loads(f.read_text()) for f in files if f.exists()]
-
-
 async def test_one_run_crawls_the_site_once(site: RunningSite, tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
-    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site)), storage)
+    code, log = await asyncio.to_thread(run_actor, ROOT, crawl_input(site), storage=storage)
     assert code == 0, log[-3000:]
     stats = site.stats.snapshot()
     assert stats['distinct'] == site.pages, 'every page was crawled'
@@ -95,7 +60,7 @@ async def test_one_run_crawls_the_site_once(site: RunningSite, tmp_path: Path) -
 
 async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: RunningSite, tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
-    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site, parallelRuns=3)), storage)
+    code, log = await asyncio.to_thread(run_actor, ROOT, crawl_input(site, parallelRuns=3), storage=storage)
     assert code == 0, log[-3000:]
     stats = site.stats.snapshot()
     assert stats['distinct'] == site.pages, 'every page was crawled'
@@ -107,7 +72,7 @@ async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: Ru
     # Each run kept its own dataset; together they hold every page once.
     children = sorted((storage / 'parallel-runs').iterdir())
     assert len(children) == 2
-    urls = dataset_urls(storage) + [url for child in children for url in dataset_urls(child)]
+    urls = dataset_urls(storage)
     assert len(urls) == len(set(urls)) == site.pages
     assert 'Parallel runs:' in log
 
@@ -115,8 +80,8 @@ async def test_three_parallel_runs_cover_every_page_with_few_duplicates(site: Ru
 async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:
     site = serve_site(300, delay_secs=0.03)
     try:
-        storage = tmp_path / 'storage'
-        parent = start_actor(storage, crawl_input(site, parallelRuns=3, maxConcurrency=3))
+        storage, log_file = tmp_path / 'storage', tmp_path / 'storage.log'
+        parent = start_actor(ROOT, crawl_input(site, parallelRuns=3, maxConcurrency=3), log_file, storage=storage)
         deadline = time.monotonic() + 60
         while site.stats.snapshot()['fetches'] < 60 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter other threads update
             await asyncio.sleep(0.1)
@@ -124,7 +89,7 @@ async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:
         assert pid is not None, 'the child run is running'
         run_id = next(folder.name for folder in (storage / 'parallel-runs').iterdir() if folder.name.endswith('-2'))
         os.kill(pid, signal.SIGKILL)
-        code, log = await asyncio.to_thread(finish, parent, storage)
+        code, log = await asyncio.to_thread(finish, parent, 240, log_file)
         assert code == 0, log[-3000:]
         stats = site.stats.snapshot()
         assert stats['distinct'] == site.pages, 'the surviving runs took over the dead run URLs'
@@ -141,13 +106,11 @@ async def test_a_killed_run_leaves_no_url_behind(tmp_path: Path) -> None:
 
 async def test_rerun_with_the_same_store_continues_the_crawl(site: RunningSite, tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
-    code, log = await asyncio.to_thread(
-        finish, start_actor(storage, crawl_input(site, maxRequestsPerCrawl=60)), storage
-    )
+    code, log = await asyncio.to_thread(run_actor, ROOT, crawl_input(site, maxRequestsPerCrawl=60), storage=storage)
     assert code == 0, log[-3000:]
     first = site.stats.snapshot()['distinct']
     assert 60 <= first < site.pages
-    code, log = await asyncio.to_thread(finish, start_actor(storage, crawl_input(site)), storage)
+    code, log = await asyncio.to_thread(run_actor, ROOT, crawl_input(site), storage=storage)
     assert code == 0, log[-3000:]
     stats = site.stats.snapshot()
     assert stats['distinct'] == site.pages
@@ -157,7 +120,7 @@ async def test_rerun_with_the_same_store_continues_the_crawl(site: RunningSite, 
 async def test_invalid_input_stops_the_run_with_a_clear_message(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     code, log = await asyncio.to_thread(
-        finish, start_actor(storage, {'startUrls': [{'url': 'nota-url'}], 'parallelRuns': 0}), storage
+        run_actor, ROOT, {'startUrls': [{'url': 'nota-url'}], 'parallelRuns': 0}, storage=storage
     )
     assert code != 0
     assert '"nota-url" is not an http(s) URL' in log
@@ -170,7 +133,7 @@ async def test_hostile_content_keeps_the_crawl_correct_and_the_store_valid(tmp_p
     try:
         storage = tmp_path / 'storage'
         actor_input = crawl_input(site, parallelRuns=2, maxRequestRetries=1)
-        code, log = await asyncio.to_thread(finish, start_actor(storage, actor_input), storage)
+        code, log = await asyncio.to_thread(run_actor, ROOT, actor_input, storage=storage)
         assert code == 0, log[-3000:]
         counts = site.stats.snapshot()['counts']
     finally:
@@ -215,7 +178,7 @@ async def test_max_crawl_depth_holds_across_runs(site: RunningSite, tmp_path: Pa
     expected = {page_path(page) for page in depth}
     storage = tmp_path / 'storage'
     code, log = await asyncio.to_thread(
-        finish, start_actor(storage, crawl_input(site, parallelRuns=2, maxCrawlDepth=2)), storage
+        run_actor, ROOT, crawl_input(site, parallelRuns=2, maxCrawlDepth=2), storage=storage
     )
     assert code == 0, log[-3000:]
     fetched = set(site.stats.snapshot()['counts'])
@@ -231,9 +194,9 @@ async def test_the_crawl_goes_on_while_the_shared_database_is_down(tmp_path: Pat
     site = serve_site(300, delay_secs=0.03)
     try:
         async with fresh_database() as connection:
-            storage = tmp_path / 'storage'
+            storage, log_file = tmp_path / 'storage', tmp_path / 'storage.log'
             actor_input = crawl_input(site, parallelRuns=2, sharedStorageConnection=connection, deadRunTimeoutSecs=30)
-            parent = start_actor(storage, actor_input)
+            parent = start_actor(ROOT, actor_input, log_file, storage=storage)
             deadline = time.monotonic() + 60
             while site.stats.snapshot()['fetches'] < 50 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
@@ -245,7 +208,7 @@ async def test_the_crawl_goes_on_while_the_shared_database_is_down(tmp_path: Pat
             await asyncio.to_thread(
                 subprocess.run, [*ctl, '-w', '-o', options, 'start'], check=True, capture_output=True
             )
-            code, log = await asyncio.to_thread(finish, parent, storage)
+            code, log = await asyncio.to_thread(finish, parent, 240, log_file)
         assert code == 0, log[-3000:]
         assert during > 10, 'the runs kept crawling on local state while the database was down'
         assert 'Sharing the crawl state failed, will retry' in log

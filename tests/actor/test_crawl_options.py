@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from src.demo.site import RunningSite, page_links, page_path, serve_site
-from tests.actor.project import child_pid
-from tests.actor.repo_copy import copy_repo, finish, kill_group, start_actor, write_input
-from tests.actor.test_user_errors import error_lines, run_actor
+from tests.actor.project import ROOT, child_pid, copy_project, finish, kill_group, run_actor, start_actor, write_input
+from tests.actor.test_user_errors import error_lines
 
 
 def options_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
@@ -36,7 +35,7 @@ def options_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
 
 def all_logs(repo: Path) -> str:
     """The log of the run and those of its child runs."""
-    logs = [repo / 'actor.log', *sorted((repo / 'storage').glob('parallel-runs/*/log.txt'))]
+    logs = [repo / 'storage.log', *sorted((repo / 'storage').glob('parallel-runs/*/log.txt'))]
     return '\n'.join(path.read_text(errors='replace') for path in logs)
 
 
@@ -62,7 +61,7 @@ async def test_globs_and_exclude_globs_hold_in_three_runs_and_when_one_is_killed
     site = serve_site(300, delay_secs=0.03)
     expected = reachable(site.pages, lambda path: not excluded_section(path))
     assert 100 < len(expected) < site.pages, 'the exclusion leaves a real part of the site out'
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     actor_input = options_input(
         site,
         parallelRuns=3,
@@ -71,7 +70,7 @@ async def test_globs_and_exclude_globs_hold_in_three_runs_and_when_one_is_killed
         excludeGlobs=[{'glob': f'{site.url}section-1*/**'}],
     )
     write_input(repo / 'storage', actor_input)
-    proc = start_actor(repo)
+    proc = start_actor(repo, None, repo / 'storage.log')
     try:
         deadline = time.monotonic() + 60
         while site.stats.snapshot()['fetches'] < 40 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter other threads update
@@ -79,7 +78,7 @@ async def test_globs_and_exclude_globs_hold_in_three_runs_and_when_one_is_killed
         pid = child_pid(repo / 'storage', '-2')
         assert pid is not None, 'the child run is running'
         os.kill(pid, signal.SIGKILL)
-        code, log = await asyncio.to_thread(finish, proc, repo, 180)
+        code, log = await asyncio.to_thread(finish, proc, 180, repo / 'storage.log')
         stats = site.stats.snapshot()
     finally:
         if proc.poll() is None:
@@ -95,18 +94,18 @@ async def test_globs_and_exclude_globs_hold_in_three_runs_and_when_one_is_killed
 
 async def test_exclude_globs_added_on_resume_hold_for_urls_already_waiting_in_the_map(tmp_path: Path) -> None:
     site = serve_site(300, delay_secs=0.005)
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     try:
         # First attempt: no exclusion, stopped by the limit while many URLs of every section wait in the map.
         write_input(repo / 'storage', options_input(site, maxRequestsPerCrawl=30))
-        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120)
         assert code == 0, log[-3000:]
         first = dict(site.stats.snapshot()['counts'])
         assert len(first) == 30
         site.stats.fetches.clear()
         # The same crawl resumed with an exclusion: the excluded URLs already waiting are skipped, not fetched.
         write_input(repo / 'storage', options_input(site, excludeGlobs=[{'glob': f'{site.url}section-1*/**'}]))
-        code, log = await asyncio.to_thread(finish, start_actor(repo, purge=False), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120, purge=False)
         second = site.stats.snapshot()['counts']
     finally:
         site.stop()
@@ -120,11 +119,11 @@ async def test_start_urls_from_a_text_file_are_each_fetched_once_by_two_runs(tmp
     listed = [page_path(page) for page in range(100, 120)]
     text = '# pages to crawl\n' + '\n'.join(f'http://127.0.0.1:{{port}}{path}' for path in listed + listed[:5]) + '\n\n'
     site = serve_site(300, files={'/urls.txt': text})
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     start_urls = [{'url': site.url}, {'requestsFromUrl': f'{site.url}urls.txt'}]
     write_input(repo / 'storage', options_input(site, startUrls=start_urls, maxCrawlDepth=0, parallelRuns=2))
     try:
-        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120)
         counts = site.stats.snapshot()['counts']
     finally:
         site.stop()
@@ -139,7 +138,7 @@ async def test_a_list_of_urls_that_cannot_be_read_stops_the_run_with_one_line(tm
         storage = tmp_path / 'storage'
         start_urls = [{'url': site.url}, {'requestsFromUrl': f'{site.url}no-such-list.txt'}]
         code, output = await asyncio.to_thread(
-            run_actor, storage, options_input(site, startUrls=start_urls, parallelRuns=2)
+            run_actor, ROOT, storage=storage, actor_input=options_input(site, startUrls=start_urls, parallelRuns=2)
         )
         fetched = site.stats.snapshot()['fetches']
     finally:
@@ -155,18 +154,18 @@ async def test_a_list_of_urls_that_cannot_be_read_stops_the_run_with_one_line(tm
 async def test_no_run_fetches_a_url_robots_txt_disallows_even_when_it_waits_in_the_map(tmp_path: Path) -> None:
     site = serve_site(300, delay_secs=0.005, files={'/robots.txt': 'User-agent: *\nDisallow: /section-1\n'})
     allowed = reachable(site.pages, lambda path: not excluded_section(path))  # /section-1 covers 1 and 10-16
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     try:
         # First attempt without robots.txt, stopped by the limit: disallowed URLs wait in the map and in the queue.
         write_input(repo / 'storage', options_input(site, maxRequestsPerCrawl=30))
-        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120)
         assert code == 0, log[-3000:]
         first = dict(site.stats.snapshot()['counts'])
         assert any(excluded_section(path) for path in first), 'the first attempt reached the disallowed part'
         site.stats.fetches.clear()
         # The same crawl resumed by 3 runs respecting robots.txt.
         write_input(repo / 'storage', options_input(site, respectRobotsTxtFile=True, parallelRuns=3))
-        code, log = await asyncio.to_thread(finish, start_actor(repo, purge=False), repo, 180)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=180, purge=False)
         second = dict(site.stats.snapshot()['counts'])
     finally:
         site.stop()
@@ -183,16 +182,16 @@ RATE_BUDGET = 240  # pages a minute for the whole crawl: 4 a second, so ~50 fetc
 async def crawl_wide_rate(tmp_path: Path, runs: int) -> float:
     """Pages a minute the site saw from `runs` runs sharing `maxRequestsPerMinute`, once all of them fetch."""
     site = serve_site(3000)
-    repo = copy_repo(tmp_path / f'runs-{runs}')
+    repo = copy_project(tmp_path / f'runs-{runs}')
     actor_input = options_input(site, parallelRuns=runs, maxRequestsPerMinute=RATE_BUDGET)
     write_input(repo / 'storage', actor_input)
     skip, count = 10, 50  # the first fetches: the runs start one after the other, with few URLs known yet
-    proc = start_actor(repo)
+    proc = start_actor(repo, None, repo / 'storage.log')
     try:
         deadline = time.monotonic() + 50
         while len(site.stats.times) < skip + count and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list the server threads append to
             await asyncio.sleep(0.1)
-        assert proc.poll() is None, (repo / 'actor.log').read_text()[-3000:]
+        assert proc.poll() is None, (repo / 'storage.log').read_text()[-3000:]
     finally:
         kill_group(proc)
         site.stop()
@@ -247,13 +246,13 @@ async def test_every_fetch_of_every_run_goes_through_the_proxy_of_proxy_urls(tmp
     proxy = _CountingProxy()
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     proxy_url = f'http://127.0.0.1:{proxy.server_address[1]}'
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     actor_input = options_input(
         site, parallelRuns=2, proxyConfiguration={'useApifyProxy': False, 'proxyUrls': [proxy_url]}
     )
     write_input(repo / 'storage', actor_input)
     try:
-        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120)
         counts = site.stats.snapshot()['counts']
     finally:
         proxy.shutdown()
@@ -268,7 +267,7 @@ async def test_apify_proxy_without_a_password_stops_the_run_with_one_line(tmp_pa
     storage = tmp_path / 'storage'
     actor_input = {'startUrls': [{'url': 'http://127.0.0.1:1/'}], 'parallelRuns': 2}
     code, output = await asyncio.to_thread(
-        run_actor, storage, {**actor_input, 'proxyConfiguration': {'useApifyProxy': True}}
+        run_actor, ROOT, storage=storage, actor_input={**actor_input, 'proxyConfiguration': {'useApifyProxy': True}}
     )
     assert code != 0
     assert 'Traceback' not in output
@@ -292,10 +291,10 @@ async def test_use_sitemaps_seeds_the_crawl_from_the_sites_sitemaps_each_page_on
         '/sitemap-extra.xml': sitemap(extra),
     }
     site = serve_site(300, files=files)
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     write_input(repo / 'storage', options_input(site, useSitemaps=True, maxCrawlDepth=0, parallelRuns=2))
     try:
-        code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 120)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=120)
         counts = site.stats.snapshot()['counts']
     finally:
         site.stop()

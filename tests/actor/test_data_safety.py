@@ -13,7 +13,8 @@ import pytest
 
 from src.demo.site import RunningSite, serve_site
 from src.shared_map import InvalidOptionError, open_store
-from tests.actor.test_user_errors import error_lines, run_actor
+from tests.actor.project import ROOT, run_actor
+from tests.actor.test_user_errors import error_lines
 
 QUICK = {'syncIntervalSecs': 0.5, 'deadRunTimeoutSecs': 4}  # a small crawl ends at a sync: sync often
 
@@ -46,7 +47,7 @@ async def test_a_resumed_crawl_keeps_the_results_of_the_earlier_attempt(site: Ru
         'deadRunTimeoutSecs': 4,
     }
     first_attempt = {**actor_input, 'maxRequestsPerCrawl': 40, 'parallelRuns': 2}
-    code, output = await asyncio.to_thread(run_actor, storage, first_attempt)
+    code, output = await asyncio.to_thread(run_actor, ROOT, storage=storage, actor_input=first_attempt)
     assert code == 0, output[-3000:]
     first = items(storage)
     assert first, 'the parent saved results in the first attempt'
@@ -57,7 +58,7 @@ async def test_a_resumed_crawl_keeps_the_results_of_the_earlier_attempt(site: Ru
 
     # Again, as one run (a resumed multi-run crawl hangs today: issue #10 item 4, fixed elsewhere), with crawlee's
     # purge-on-start on, as with `python -m src` or `apify run`.
-    code, output = await asyncio.to_thread(run_actor, storage, actor_input)
+    code, output = await asyncio.to_thread(run_actor, ROOT, storage=storage, actor_input=actor_input)
     assert code == 0, output[-3000:]
     assert f'the {len(first)} results of earlier attempts stay in the dataset' in output
     after = items(storage)
@@ -78,7 +79,7 @@ async def test_a_fresh_crawl_still_starts_with_an_empty_dataset(site: RunningSit
     stale.mkdir(parents=True)
     (stale / '000000001.json').write_text(json.dumps({'url': 'https://old.example/'}))
     actor_input = {'startUrls': [{'url': site.url}], 'sharedStoreName': 'fresh-crawl', 'maxCrawlDepth': 0, **QUICK}
-    code, output = await asyncio.to_thread(run_actor, storage, actor_input)
+    code, output = await asyncio.to_thread(run_actor, ROOT, storage=storage, actor_input=actor_input)
     assert code == 0, output[-3000:]
     assert [json.loads(text)['url'] for text in items(storage).values()] == [site.url]
     assert 'earlier attempts' not in output
@@ -87,13 +88,13 @@ async def test_a_fresh_crawl_still_starts_with_an_empty_dataset(site: RunningSit
 async def test_a_resume_whose_dataset_apify_run_deleted_says_to_use_no_purge(site: RunningSite, tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     actor_input = {'startUrls': [{'url': site.url}], 'sharedStoreName': 'cli-crawl', 'maxCrawlDepth': 1, **QUICK}
-    code, output = await asyncio.to_thread(run_actor, storage, actor_input)
+    code, output = await asyncio.to_thread(run_actor, ROOT, storage=storage, actor_input=actor_input)
     assert code == 0, output[-3000:]
     # What `apify run` (without --no-purge) does before it starts the actor again: it deletes the default dataset
     # and hands the input over as __CLI_INPUT.
     shutil.rmtree(storage / 'datasets' / 'default')
     code, output = await asyncio.to_thread(
-        run_actor, storage, {**actor_input, 'maxCrawlDepth': 2}, input_key='__CLI_INPUT'
+        run_actor, ROOT, storage=storage, actor_input={**actor_input, 'maxCrawlDepth': 2}, input_key='__CLI_INPUT'
     )
     assert code == 0, output[-3000:]
     assert 'Resume with `apify run --no-purge` to keep them.' in output
@@ -102,7 +103,7 @@ async def test_a_resume_whose_dataset_apify_run_deleted_says_to_use_no_purge(sit
 def test_the_default_store_is_refused_as_shared_store_and_input_survives(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     actor_input = {'startUrls': [{'url': 'http://127.0.0.1:1/'}], 'sharedStoreName': 'default', 'parallelRuns': 2}
-    code, output = run_actor(storage, actor_input)
+    code, output = run_actor(ROOT, storage=storage, actor_input=actor_input)
     assert code != 0
     assert 'Traceback' not in output
     (line,) = error_lines(output)

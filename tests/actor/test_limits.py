@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from src.demo.site import RunningSite, page_links, page_path, serve_site
-from tests.actor.repo_copy import copy_repo, dataset_items, finish, outputs, start_actor, write_input
+from tests.actor.project import copy_project, dataset_items, finish, outputs, run_actor, start_actor, write_input
 
 
 def limit_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
@@ -21,9 +21,9 @@ def limit_input(site: RunningSite, **extra: Any) -> dict[str, Any]:
 
 async def crawl(tmp_path: Path, actor_input: dict[str, Any]) -> tuple[Path, str]:
     """Run the actor in a fresh copy of the repository until it ends (at most 180 s); its storage and log."""
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     write_input(repo / 'storage', actor_input)
-    code, log = await asyncio.to_thread(finish, start_actor(repo), repo, 180)
+    code, log = await asyncio.to_thread(run_actor, repo, timeout=180)
     assert code == 0, log[-3000:]
     return repo / 'storage', log
 
@@ -91,17 +91,17 @@ def pages_within(depth: int, pages: int) -> set[str]:
 
 async def test_a_one_page_crawl_ends_about_a_second_after_the_page(tmp_path: Path) -> None:
     site = serve_site(10)
-    repo = copy_repo(tmp_path / 'repo')
+    repo = copy_project(tmp_path / 'repo')
     write_input(repo / 'storage', limit_input(site, maxCrawlDepth=0))  # default syncIntervalSecs: 10 s
     try:
         started = time.monotonic()
-        proc = start_actor(repo)
+        proc = start_actor(repo, None, repo / 'storage.log')
         fetched_at = None
         while proc.poll() is None and time.monotonic() - started < 60:
             if fetched_at is None and site.stats.snapshot()['fetches']:
                 fetched_at = time.monotonic()
             await asyncio.sleep(0.02)
-        code, log = await asyncio.to_thread(finish, proc, repo, 30)
+        code, log = await asyncio.to_thread(finish, proc, 30, repo / 'storage.log')
         ended = time.monotonic()
         stats = site.stats.snapshot()
     finally:

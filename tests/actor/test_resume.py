@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from src.demo.site import serve_site
-from tests.actor.repo_copy import copy_repo, finish, kill_group, start_actor, wait_group_gone, write_input
+from tests.actor.project import copy_project, kill_group, run_actor, start_actor, wait_group_gone, write_input
 
 PAGES = 500
 
@@ -24,7 +24,7 @@ async def test_an_interrupted_crawl_resumes_and_fetches_every_page_once(tmp_path
     stop_after = random.randint(30, 400)
     note = f'interrupted after {stop_after} fetches'
     try:
-        repo = copy_repo(tmp_path / 'repo')
+        repo = copy_project(tmp_path / 'repo')
         write_input(
             repo / 'storage',
             {
@@ -36,7 +36,7 @@ async def test_an_interrupted_crawl_resumes_and_fetches_every_page_once(tmp_path
                 'deadRunTimeoutSecs': 4,
             },
         )
-        first = start_actor(repo)
+        first = start_actor(repo, None, repo / 'storage.log')
         deadline = time.monotonic() + 120
         while site.stats.snapshot()['fetches'] < stop_after and first.poll() is None:
             assert time.monotonic() < deadline, f'{note}: the first attempt did not get that far'
@@ -49,7 +49,7 @@ async def test_an_interrupted_crawl_resumes_and_fetches_every_page_once(tmp_path
         assert before['distinct'] < PAGES, f'{note}: the crawl was not over yet'
 
         started = time.monotonic()
-        code, log = await asyncio.to_thread(finish, start_actor(repo, purge=False), repo, 150)
+        code, log = await asyncio.to_thread(run_actor, repo, timeout=150, purge=False)
         seconds = time.monotonic() - started
         stats = site.stats.snapshot()
     finally:

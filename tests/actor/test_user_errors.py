@@ -3,47 +3,10 @@ a non-zero exit code, nothing started and nothing lost."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_actor(
-    storage: Path, actor_input: dict[str, Any] | str, timeout: float = 120, input_key: str = 'INPUT'
-) -> tuple[int, str]:
-    """Run `python -m src` with its own storage folder (as `apify run` would) and INPUT; exit code and output."""
-    input_dir = storage / 'key_value_stores' / 'default'
-    input_dir.mkdir(parents=True, exist_ok=True)
-    text = actor_input if isinstance(actor_input, str) else json.dumps(actor_input)
-    (input_dir / f'{input_key}.json').write_text(text)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(('CRAWLEE_', 'APIFY_', 'ACTOR_'))}
-    env |= {'CRAWLEE_STORAGE_DIR': str(storage), 'APIFY_LOCAL_STORAGE_DIR': str(storage), 'NO_COLOR': '1'}
-    if input_key != 'INPUT':
-        env |= {'ACTOR_INPUT_KEY': input_key, 'APIFY_INPUT_KEY': input_key, 'CRAWLEE_INPUT_KEY': input_key}
-    # A session of its own, so that a run that does not end in time is killed together with its child runs.
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'src'],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        raise AssertionError(f'python -m src did not end within {timeout} s:\n{output[-3000:]}') from None
-    return proc.returncode, output
+from tests.actor.project import ROOT, run_actor
 
 
 def error_lines(output: str) -> list[str]:
@@ -58,7 +21,9 @@ def closed_port() -> int:
 
 def test_an_input_file_that_is_not_json_is_named_with_the_position(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
-    code, output = run_actor(storage, '{"startUrls": [{"url": "https://crawlee.dev"}],\n "parallelRuns": 2,}\n')
+    code, output = run_actor(
+        ROOT, storage=storage, actor_input='{"startUrls": [{"url": "https://crawlee.dev"}],\n "parallelRuns": 2,}\n'
+    )
     assert code != 0
     assert 'Traceback' not in output
     (line,) = error_lines(output)
@@ -71,8 +36,9 @@ def test_an_unreachable_database_is_reported_before_any_child_starts_and_without
     storage = tmp_path / 'storage'
     port = closed_port()
     code, output = run_actor(
-        storage,
-        {
+        ROOT,
+        storage=storage,
+        actor_input={
             'startUrls': [{'url': 'http://127.0.0.1:1/'}],
             'parallelRuns': 3,
             'sharedStorageConnection': f'postgresql+asyncpg://crawler:pw-s3cret-42@127.0.0.1:{port}/crawl',
@@ -91,8 +57,9 @@ def test_a_sqlite_file_in_a_missing_folder_names_the_folder(tmp_path: Path) -> N
     storage = tmp_path / 'storage'
     missing = tmp_path / 'no-such-folder'
     code, output = run_actor(
-        storage,
-        {
+        ROOT,
+        storage=storage,
+        actor_input={
             'startUrls': [{'url': 'http://127.0.0.1:1/'}],
             'parallelRuns': 2,
             'sharedStorageConnection': f'sqlite+aiosqlite:///{missing}/state.db',
@@ -109,7 +76,9 @@ def test_a_sqlite_file_in_a_missing_folder_names_the_folder(tmp_path: Path) -> N
 
 def test_a_misspelt_field_suggests_the_known_one(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
-    code, output = run_actor(storage, {'startUrl': [{'url': 'http://127.0.0.1:1/'}], 'maxConcurency': 2})
+    code, output = run_actor(
+        ROOT, storage=storage, actor_input={'startUrl': [{'url': 'http://127.0.0.1:1/'}], 'maxConcurency': 2}
+    )
     assert code != 0
     assert 'Traceback' not in output
     (line,) = error_lines(output)

@@ -98,13 +98,30 @@ async def load_fresh(connection: str) -> dict[str, Any]:
 
 
 def wait_all(procs: list[subprocess.Popen[bytes]], workdir: Path, timeout: float) -> None:
-    for index, proc in enumerate(procs):
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert code == 0, (workdir / f'stderr-{index}.txt').read_text()[-3000:]
+    """Wait for every worker; the first one to fail (or the timeout) kills the rest and reports its stderr."""
+    deadline = time.monotonic() + timeout
+    running = dict(enumerate(procs))
+    while running:
+        for index, proc in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[index]
+            if code != 0:
+                for other in running.values():
+                    other.kill()
+                raise AssertionError(f'worker {index} exited with {code}: ' + stderr_tail(workdir, index))
+        if running and time.monotonic() > deadline:
+            for proc in running.values():
+                proc.kill()
+            tails = '; '.join(f'worker {i}: {stderr_tail(workdir, i)}' for i in running)
+            raise AssertionError(f'workers {sorted(running)} still running after {timeout} s: {tails}')
+        time.sleep(0.05)
+
+
+def stderr_tail(workdir: Path, index: int) -> str:
+    path = workdir / f'stderr-{index}.txt'
+    return path.read_text(errors='replace')[-3000:] if path.exists() else '(no stderr)'
 
 
 async def kill_and_restart_rounds(connection: str, workdir: Path, *, seed: int, rounds: int) -> list[dict[str, Any]]:

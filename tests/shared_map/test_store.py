@@ -175,7 +175,7 @@ async def test_map_and_stamps_share_one_key_string(store: KeyValueStore) -> None
     await reader.sync()
     for shared in (writer, reader):
         data_ids = {id(key) for key in shared}
-        stamp_ids = {id(key) for key in shared._stamps}
+        stamp_ids = {id(key) for key in shared.merge_state()['stamps']}
         assert len(stamp_ids) >= 1500
         assert stamp_ids <= data_ids, f'{len(stamp_ids - data_ids)} keys stored twice in {shared.run_id}'
 
