@@ -36,6 +36,7 @@ KNOWN_FIELDS = {
     'maxRequestsPerMinute',
     'proxyConfiguration',
     'useSitemaps',
+    'datasetName',
 }
 
 
@@ -73,6 +74,8 @@ class CrawlerInput:
     """The Apify proxy input (`{"useApifyProxy": true}` or `{"proxyUrls": [...]}`); None: no proxy."""
     use_sitemaps: bool
     """Also start from the URLs in the sitemaps of the start URLs' sites."""
+    dataset_name: str | None
+    """The named dataset that holds the crawl's merged results; None: the first run's default dataset."""
     raw: dict[str, Any]
     unknown_fields: list[str]
 
@@ -117,6 +120,7 @@ class CrawlerInput:
             or None,
             proxy_configuration=fields.proxy('proxyConfiguration'),
             use_sitemaps=fields.boolean('useSitemaps', default=False),
+            dataset_name=fields.dataset_name('datasetName'),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],
         )
@@ -329,6 +333,18 @@ class _Fields:
                 f'{name} "{value:.80}" is not a valid store name: use 1-63 characters a-z, 0-9 and inner hyphens.'
             )
             return default
+        return value
+
+    def dataset_name(self, name: str) -> str | None:
+        value = self.string(name)
+        if value is None:
+            return None
+        if value == 'default' or not STORE_NAME.match(value):
+            self._problems.append(
+                f'{name} "{value:.80}" is not a valid dataset name: use 1-63 characters a-z, 0-9 and inner hyphens '
+                '(not "default"), e.g. "my-crawl-results"; leave it empty for the run\'s default dataset.'
+            )
+            return None
         return value
 
     def connection(self, name: str) -> str | None:

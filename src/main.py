@@ -20,6 +20,7 @@ from .baseline import crawl_without_sharing
 from .crawl_options import CrawlOptions
 from .input import CrawlerInput, exit_if_input_file_is_invalid
 from .preflight import read_input
+from .results import skip_saved_pages
 from .routes import router
 from .shared_map import SharedRequestManager
 from .summary import finish_run
@@ -56,6 +57,7 @@ async def main() -> None:
                 crawler = BeautifulSoupCrawler(
                     request_manager=options.wrap(manager), keep_alive=True, **crawler_options(crawl_input, options)
                 )
+                await skip_saved_pages(manager)  # a resumed run: the pages already in its dataset are done
                 await supervisor.wait_unless_stopped(manager.wait_for_runs())
                 await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)

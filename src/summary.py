@@ -19,6 +19,7 @@ from crawlee.crawlers import BasicCrawler
 from crawlee.storages import KeyValueStore
 
 from .fanout import PROJECT_ROOT, SUMMARY_PREFIX, ChildRun
+from .results import merge_results
 from .shared_map import PROCESSED
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ async def finish_run(
     verdict = await report_runs(
         summary, supervisor.children, store, whole_crawl=not crawl_input.is_child, stopped_by=supervisor.stop_signal
     )
+    if not crawl_input.is_child:  # the runs have ended: one result set, each page once
+        merged = await merge_results(crawl_input, supervisor.children)
+        await Actor.set_value('OUTPUT', summary | merged.to_summary())
     if verdict.exit_code:
         await Actor.fail(exit_code=verdict.exit_code, status_message=verdict.message)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from crawlee import Request, RequestState
@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
-from ._urls import FAILED, PROCESSED, SKIPPED, info_prefix, map_key_of, request_info, with_map_key
+from ._urls import DONE, FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
@@ -141,6 +141,19 @@ class SharedRequestManager(SharedFrontier):
         """
         self.start(on_done=crawler.stop)
         await crawler.run(requests)
+
+    def mark_processed(self, urls: Iterable[str]) -> int:
+        """Record pages whose results already exist (e.g. in a dataset kept from an earlier attempt) as processed.
+
+        No run fetches them again, and they count towards the page limit. Returns how many were not yet done.
+        """
+        marked = 0
+        for url in urls:
+            key = map_key(url)
+            if self._shared.get(key) not in DONE:
+                self._shared[key] = PROCESSED
+                marked += 1
+        return marked
 
     @property
     def shared(self) -> SharedMap:

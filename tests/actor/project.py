@@ -93,7 +93,7 @@ def run_actor(
 
 def dataset_count(folder: Path) -> int:
     """How many items the run whose storage folder is `folder` saved in its dataset."""
-    return sum(1 for path in (folder / 'datasets' / 'default').glob('*.json') if path.name != '__metadata__.json')
+    return len(dataset_items(folder))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -115,19 +115,19 @@ def run_folders(storage: Path) -> list[Path]:
     return [storage, *sorted((storage / 'parallel-runs').glob('*'))]
 
 
-def dataset_items(storage: Path) -> list[dict[str, Any]]:
-    """The items of the datasets of the parent run and of every local child run (each run's own pushes)."""
+def dataset_items(folder: Path) -> list[dict[str, Any]]:
+    """The items of the default dataset in a run's storage folder: a child run's own pages; for the first run, once
+    the crawl has ended, the result set (every run's pages merged, each page once)."""
     return [
         json.loads(path.read_text())
-        for folder in run_folders(storage)
         for path in sorted((folder / 'datasets' / 'default').glob('*.json'))
         if path.name != '__metadata__.json'
     ]
 
 
-def dataset_urls(storage: Path) -> list[str]:
-    """The URLs of the items in the datasets of the parent run and of every local child run."""
-    return [item['url'] for item in dataset_items(storage)]
+def dataset_urls(folder: Path) -> list[str]:
+    """The URLs of `dataset_items(folder)`."""
+    return [item['url'] for item in dataset_items(folder)]
 
 
 def outputs(storage: Path) -> list[dict[str, Any]]:

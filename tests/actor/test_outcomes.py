@@ -73,7 +73,8 @@ def test_a_child_killed_mid_crawl_is_a_warning_and_its_saved_pages_are_shown(tmp
         assert int(row[2]) == dataset_count(folder) >= 10, 'the pages it saved, counted from its dataset'
         assert f'WARN  Run {run_id} (no summary) ended killed (SIGKILL)' in log
         assert site.stats.snapshot()['distinct'] == site.pages
-        assert len(set(dataset_urls(storage))) == site.pages
+        urls = dataset_urls(storage)
+        assert len(urls) == len(set(urls)) == site.pages, 'the result set: every page once, re-fetched ones too'
     finally:
         site.stop()
 

@@ -98,25 +98,30 @@ async def load_fresh(connection: str) -> dict[str, Any]:
 
 
 def wait_all(procs: list[subprocess.Popen[bytes]], workdir: Path, timeout: float) -> None:
-    """Wait for every worker; the first one to fail (or the timeout) kills the rest and reports its stderr."""
+    """Wait for every worker. If one fails or the time is up, the others still running dump the stacks of their
+    tasks (SIGUSR1) and are killed, and the error shows every worker's stderr: where each one was."""
     deadline = time.monotonic() + timeout
     running = dict(enumerate(procs))
-    while running:
+    failed: list[str] = []
+    while running and not failed and time.monotonic() < deadline:
+        time.sleep(0.05)
         for index, proc in list(running.items()):
             code = proc.poll()
-            if code is None:
-                continue
-            del running[index]
-            if code != 0:
-                for other in running.values():
-                    other.kill()
-                raise AssertionError(f'worker {index} exited with {code}: ' + stderr_tail(workdir, index))
-        if running and time.monotonic() > deadline:
-            for proc in running.values():
-                proc.kill()
-            tails = '; '.join(f'worker {i}: {stderr_tail(workdir, i)}' for i in running)
-            raise AssertionError(f'workers {sorted(running)} still running after {timeout} s: {tails}')
-        time.sleep(0.05)
+            if code is not None:
+                del running[index]
+                if code != 0:
+                    failed.append(f'worker {index} exited with {code}')
+    if not running:
+        return
+    for proc in running.values():
+        proc.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    for proc in running.values():
+        proc.kill()
+        proc.wait()
+    why = failed[0] if failed else f'workers {sorted(running)} still running after {timeout} s'
+    tails = '\n'.join(f'--- worker {i}:\n{stderr_tail(workdir, i)}' for i in range(len(procs)))
+    raise AssertionError(f'{why}\n{tails}')
 
 
 def stderr_tail(workdir: Path, index: int) -> str:

@@ -15,6 +15,8 @@ import asyncio
 import json
 import os
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,7 +49,16 @@ def write_line(journal: TextIO, line: dict[str, Any]) -> None:
     os.fsync(journal.fileno())
 
 
+def dump_tasks() -> None:
+    """Where every task is (SIGUSR1 from the harness when this worker seems stuck), to stderr."""
+    print(f'--- {len(asyncio.all_tasks())} tasks at SIGUSR1:', file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main() -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     parser = argparse.ArgumentParser()
     parser.add_argument('--connection', required=True)
     parser.add_argument('--index', type=int, required=True)
@@ -103,24 +114,29 @@ async def main() -> None:
         if due:
             last_sync = time.monotonic()
             write_line(journal, {'pending': unsynced})
+            sync_started = time.monotonic()
             try:
                 await shared.sync()
             except SyncError as exc:  # the store is away: go on with local state, the next sync retries
                 if not args.tolerate_errors:
                     raise
-                (args.workdir / f'errors-{args.index}.txt').open('a').write(f'{exc}\n')
+                with (args.workdir / f'errors-{args.index}.txt').open('a') as errors:
+                    errors.write(f'after {time.monotonic() - sync_started:.1f} s: {exc}\n')
                 await asyncio.sleep(0.2)
                 continue
             write_line(journal, {'synced': len(unsynced)})
             unsynced = []
     write_line(journal, {'pending': unsynced})
     for attempt in range(100):
+        sync_started = time.monotonic()
         try:
             await shared.sync()
             break
-        except SyncError:
+        except SyncError as exc:
             if not args.tolerate_errors or attempt == 99:
                 raise
+            with (args.workdir / f'errors-{args.index}.txt').open('a') as errors:
+                errors.write(f'final sync, after {time.monotonic() - sync_started:.1f} s: {exc}\n')
             await asyncio.sleep(0.3)
     write_line(journal, {'synced': len(unsynced)})
     journal.close()
