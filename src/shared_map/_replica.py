@@ -6,6 +6,7 @@ and `_values.py`; records are built and checked in `_records.py`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -126,6 +127,22 @@ class Replica(MergingDict):
         for manifest in by_coverage:
             if not covers_subset(manifest.covers, self._had):
                 await self._load_snapshot(manifest, result)
+
+    async def read_whole(self, listing: Listing, result: SyncResult, *, attempts: int) -> bool:
+        """Read until caught up (`caught_up`), re-listing with growing pauses; whether it was within `attempts`.
+
+        A record that vanished under the read was superseded by a compaction: a new listing finds what replaced it.
+        A map must never start from a partial read (it would re-crawl what others did, and its clock could lag its
+        own earlier stamps).
+        """
+        for attempt in range(attempts):
+            await self.read_phase(listing, result)
+            if self.caught_up(result):
+                return True
+            result.records_missing = 0
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+            listing = await self._records.list()
+        return False
 
     async def _load_snapshot(self, manifest: Manifest, result: SyncResult) -> None:
         for part in manifest.parts:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,15 +26,10 @@ from ._actor_events import ActorEvents, actor_is_active
 from ._backends import check_store_name, storage_client_for
 from ._compaction import Compactor
 from ._errors import InvalidOptionError, SharedMapError, SyncError
-from ._liveness import RunsSeen
+from ._liveness import RunRecord, RunsSeen
+from ._options import MiB, check_options
 from ._periodic import start_periodic
-from ._records import (
-    CONTENT_TYPE,
-    NAME_PATTERN,
-    Keys,
-    dumps,
-    envelope,
-)
+from ._records import Keys
 from ._replica import Replica
 from ._seeds import load_seed_record
 from ._stats import RunStats, SyncResult
@@ -52,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
 _READ_RETRIES = 3
 # initialize() re-reads this often (with growing pauses, ~7 s in all) before it gives up on a store that keeps
 # changing under it; a map must never start from a partial read.
@@ -123,23 +115,16 @@ class SharedMap(Replica):
             clock: The wall clock, in milliseconds since the epoch, that stamps and lease expiries come from
                 (default: `time.time()`); tests inject a skewed one.
         """
-        run_id = (
-            run_id or os.environ.get('ACTOR_RUN_ID') or os.environ.get('APIFY_ACTOR_RUN_ID') or uuid.uuid4().hex[:12]
+        run_id = check_options(
+            run_id=run_id,
+            prefix=prefix,
+            record_size=record_size,
+            max_record_bytes=max_record_bytes,
+            compact_after_records=compact_after_records,
+            lease_ttl_secs=lease_ttl_secs,
+            orphan_age_secs=orphan_age_secs,
+            heartbeat_secs=heartbeat_secs,
         )
-        if not NAME_PATTERN.match(run_id):
-            raise InvalidOptionError(f'run_id {run_id!r} must be 1-64 characters from A-Z, a-z, 0-9, "_" and "-".')
-        if not NAME_PATTERN.match(prefix) or len(prefix) > 20:
-            raise InvalidOptionError(f'prefix {prefix!r} must be 1-20 characters from A-Z, a-z, 0-9, "_" and "-".')
-        if record_size < 1:
-            raise InvalidOptionError(f'record_size must be at least 1, got {record_size}.')
-        if not 64 * 1024 <= max_record_bytes <= 9 * MiB:
-            raise InvalidOptionError(f'max_record_bytes must be between 64 KiB and 9 MiB, got {max_record_bytes}.')
-        if compact_after_records < 2:
-            raise InvalidOptionError(f'compact_after_records must be at least 2, got {compact_after_records}.')
-        if lease_ttl_secs <= 0 or orphan_age_secs < 4 * lease_ttl_secs:
-            raise InvalidOptionError('lease_ttl_secs must be positive and orphan_age_secs at least 4 x lease_ttl_secs.')
-        if heartbeat_secs is not None and heartbeat_secs <= 0:
-            raise InvalidOptionError(f'heartbeat_secs must be positive, got {heartbeat_secs}.')
         wall = clock or now_ms
         # Drawn at every start: a restarted run (same run id) writes logs under a new identity, so it can never
         # reuse a log key whatever it managed to read, and readers never mistake a new log for one they merged.
@@ -166,9 +151,9 @@ class SharedMap(Replica):
             lease_ttl_ms=int(lease_ttl_secs * 1000),
             orphan_age_ms=int(orphan_age_secs * 1000),
         )
-        self._run_record_interval = run_record_interval_secs
-        self._started_at = wall()
-        self._last_run_record = 0.0
+        self._run_record = RunRecord(
+            self._records, run_id=run_id, interval_secs=run_record_interval_secs, wall_ms=wall, stats=self.stats
+        )
         self._initialized = False
         self._closed = False
         self._sync_lock = asyncio.Lock()
@@ -246,16 +231,7 @@ class SharedMap(Replica):
         for key in listing.legacy_state:
             await load_seed_record(self._records.store, key, initial=False, merge_one=self.merge_one)
         result = SyncResult()
-        for attempt in range(_INIT_ATTEMPTS):
-            await self.read_phase(listing, result)
-            if self.caught_up(result):
-                break
-            # A record vanished under the read (a compaction superseded it): re-list until the state is whole, so the
-            # map never starts partial (it would re-crawl what others did, and its clock could lag its own stamps).
-            result.records_missing = 0
-            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-            listing = await self._records.list()
-        else:
+        if not await self.read_whole(listing, result, attempts=_INIT_ATTEMPTS):
             self.stats.add(result, is_sync=False)
             raise SyncError(
                 f'Shared map {self._keys.prefix!r}: the store kept changing under the initial read '
@@ -421,24 +397,9 @@ class SharedMap(Replica):
                 result.seconds = time.perf_counter() - started
             self.stats.add(result)
             logger.debug('Shared map sync (run %s): %s', self.run_id, result)
-            if time.monotonic() - self._last_run_record >= self._run_record_interval:
+            if self._run_record.due():
                 await self._write_run_record(finished=False)
             return result
 
     async def _write_run_record(self, *, finished: bool) -> None:
-        """This run's statistics and heartbeat, in a record only this run writes."""
-        self._last_run_record = time.monotonic()
-        body = envelope(
-            'run',
-            run=self.run_id,
-            startedAt=self._started_at,
-            lastSyncAt=self._clock.wall(),
-            finished=finished,
-            entries=len(self),
-            pending=self.pending,
-            stats=self.stats.to_dict(),
-        )
-        try:
-            await self._records.store.set_value(self._keys.run(self.run_id), dumps(body), content_type=CONTENT_TYPE)
-        except Exception as exc:  # Statistics are best effort; the data path reports its own errors.
-            logger.warning('Shared map: could not write the run record: %s', exc)
+        await self._run_record.write(finished=finished, entries=len(self), pending=self.pending)
