@@ -28,7 +28,10 @@ from .paced_request_manager import PacedRequestManager, Pacer
 from .shared_map import map_key
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from apify import ProxyConfiguration
+    from crawlee import RequestOptions, RequestTransformAction
     from crawlee.request_loaders import RequestManager
 
     from .input import CrawlerInput
@@ -76,11 +79,23 @@ class LinkRules:
 
 
 _link_rules = LinkRules()
+_is_known: Callable[[str], bool] | None = None
 
 
 def link_options() -> dict[str, Any]:
-    """What the request handler passes to `context.enqueue_links`: this run's link rules, from its input."""
-    return _link_rules.enqueue_links_options()
+    """What the request handler passes to `context.enqueue_links`: this run's link rules, from its input.
+
+    With a shared map, links to URLs it already has are dropped before crawlee builds a `Request` for them (most
+    links of a page, on a site whose pages share their navigation).
+    """
+    options = _link_rules.enqueue_links_options()
+    if _is_known is not None:
+        options['transform_request_function'] = _skip_known
+    return options
+
+
+def _skip_known(options: RequestOptions) -> RequestOptions | RequestTransformAction:
+    return 'skip' if _is_known is not None and _is_known(options['url']) else 'unchanged'
 
 
 @dataclass
@@ -102,7 +117,12 @@ class CrawlOptions:
         return not self.links.excludes(url) or map_key(url) in self._start_keys
 
     def wrap(self, manager: SharedRequestManager) -> RequestManager:
-        """`manager`, made to skip the requests these options exclude before they are fetched, and paced."""
+        """`manager`, made to skip the requests these options exclude before they are fetched, and paced.
+
+        Also makes `link_options()` drop the links `manager` already knows.
+        """
+        global _is_known  # read by `link_options()`, which the module-level router calls
+        _is_known = manager.is_known
         pacer = None
         if self.max_requests_per_minute:
             pacer = Pacer(self.max_requests_per_minute, live_runs=lambda: len(manager.live_runs))

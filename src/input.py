@@ -37,6 +37,7 @@ KNOWN_FIELDS = {
     'proxyConfiguration',
     'useSitemaps',
     'datasetName',
+    'retryOnBlocked',
 }
 
 
@@ -74,6 +75,8 @@ class CrawlerInput:
     """The Apify proxy input (`{"useApifyProxy": true}` or `{"proxyUrls": [...]}`); None: no proxy."""
     use_sitemaps: bool
     """Also start from the URLs in the sitemaps of the start URLs' sites."""
+    retry_on_blocked: bool
+    """Retry a page that looks like a bot-protection challenge (crawlee's `retry_on_blocked`)."""
     dataset_name: str | None
     """The named dataset that holds the crawl's merged results; None: the first run's default dataset."""
     raw: dict[str, Any]
@@ -120,6 +123,7 @@ class CrawlerInput:
             or None,
             proxy_configuration=fields.proxy('proxyConfiguration'),
             use_sitemaps=fields.boolean('useSitemaps', default=False),
+            retry_on_blocked=fields.boolean('retryOnBlocked', default=True),
             dataset_name=fields.dataset_name('datasetName'),
             raw=dict(raw),
             unknown_fields=[name for name in unknown if name not in _likely_typos(unknown)],

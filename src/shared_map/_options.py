@@ -21,6 +21,7 @@ def check_options(
     lease_ttl_secs: float,
     orphan_age_secs: float,
     heartbeat_secs: float | None,
+    store_timeout_secs: float,
 ) -> str:
     """Check `SharedMap`'s options; the run id to use (default: the Apify run id, else a random one).
 
@@ -42,4 +43,6 @@ def check_options(
         raise InvalidOptionError('lease_ttl_secs must be positive and orphan_age_secs at least 4 x lease_ttl_secs.')
     if heartbeat_secs is not None and heartbeat_secs <= 0:
         raise InvalidOptionError(f'heartbeat_secs must be positive, got {heartbeat_secs}.')
+    if store_timeout_secs <= 0:
+        raise InvalidOptionError(f'store_timeout_secs must be positive, got {store_timeout_secs}.')
     return run_id

@@ -142,6 +142,17 @@ class SharedRequestManager(SharedFrontier):
         self.start(on_done=crawler.stop)
         await crawler.run(requests)
 
+    def is_known(self, url: str) -> bool:
+        """Whether the shared map already has `url` (any status), counted as a known link skipped if so.
+
+        A link to a known URL need not become a `Request` at all: `enqueue_links(transform_request_function=...)` can
+        drop it before crawlee builds one, which `add_requests` would then skip anyway.
+        """
+        if map_key(url) in self._shared:
+            self.stats.known_skipped += 1
+            return True
+        return False
+
     def mark_processed(self, urls: Iterable[str]) -> int:
         """Record pages whose results already exist (e.g. in a dataset kept from an earlier attempt) as processed.
 

@@ -93,6 +93,7 @@ class SharedMap(Replica):
         run_record_interval_secs: float = 30.0,
         orphan_age_secs: float = 3600.0,
         heartbeat_secs: float | None = None,
+        store_timeout_secs: float = 300.0,
         clock: Callable[[], int] | None = None,
     ) -> None:
         """Create a map on `store`; call `initialize()` (or use `async with`) before using it.
@@ -112,6 +113,9 @@ class SharedMap(Replica):
             orphan_age_secs: Snapshot parts with no manifest are deleted once this old (a compaction that died).
             heartbeat_secs: If set, a sync with nothing to publish still writes an (empty) record this often, so
                 other runs can tell this run is alive (`live_runs()`).
+            store_timeout_secs: Longest wait for one store call; a call that takes longer fails the sync
+                (`SyncError`), which the next sync retries. Generous, since the platform's API client retries a
+                rate-limited call for up to about two minutes.
             clock: The wall clock, in milliseconds since the epoch, that stamps and lease expiries come from
                 (default: `time.time()`); tests inject a skewed one.
         """
@@ -124,6 +128,7 @@ class SharedMap(Replica):
             lease_ttl_secs=lease_ttl_secs,
             orphan_age_secs=orphan_age_secs,
             heartbeat_secs=heartbeat_secs,
+            store_timeout_secs=store_timeout_secs,
         )
         wall = clock or now_ms
         # Drawn at every start: a restarted run (same run id) writes logs under a new identity, so it can never
@@ -131,7 +136,11 @@ class SharedMap(Replica):
         incarnation = f'{wall():x}{secrets.token_hex(3)}'
         self.stats = RunStats()
         self._keys = Keys(prefix)
-        records = RecordStore(CountedStore(store, self.stats), self._keys, max_record_bytes=max_record_bytes)
+        records = RecordStore(
+            CountedStore(store, self.stats, timeout_secs=store_timeout_secs),
+            self._keys,
+            max_record_bytes=max_record_bytes,
+        )
         super().__init__(
             records,
             run_id=run_id,

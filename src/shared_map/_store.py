@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -9,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import SharedMapError
+from ._errors import SharedMapError, SyncError
 from ._records import CONTENT_TYPE, CorruptRecordError, Keys, check_groups, loads
 
 if TYPE_CHECKING:
@@ -28,32 +30,57 @@ FetchKind = Literal['log', 'part', 'manifest', 'lease']
 
 
 class CountedStore:
-    """The store, counting every call: on the platform each one is a billed operation."""
+    """The store, counting every call (on the platform each one is a billed operation), each bounded in time.
 
-    def __init__(self, store: KeyValueStore, stats: RunStats) -> None:
+    A call that does not return within `timeout_secs` raises `SyncError`: a database that stopped answering (a
+    connection left hanging, a host gone without a reset) fails the sync instead of stalling it forever, and the
+    next sync tries again.
+    """
+
+    def __init__(self, store: KeyValueStore, stats: RunStats, *, timeout_secs: float) -> None:
         self.inner = store
         self._stats = stats
+        self._timeout = timeout_secs
 
     async def get_value(self, key: str) -> Any:
         self._stats.store_reads += 1
-        return await self.inner.get_value(key)
+        async with self._bounded('read', key):
+            return await self.inner.get_value(key)
 
     async def set_value(self, key: str, value: Any, content_type: str | None = None) -> None:
         self._stats.store_writes += 1
-        await self.inner.set_value(key, value, content_type=content_type)
+        async with self._bounded('write', key):
+            await self.inner.set_value(key, value, content_type=content_type)
 
     async def delete_value(self, key: str) -> None:
         self._stats.store_deletes += 1
-        await self.inner.delete_value(key)
+        async with self._bounded('delete', key):
+            await self.inner.delete_value(key)
 
     async def record_exists(self, key: str) -> bool:
         self._stats.store_reads += 1
-        return await self.inner.record_exists(key)
+        async with self._bounded('read', key):
+            return await self.inner.record_exists(key)
 
     async def iterate_keys(self) -> AsyncIterator[Any]:
         self._stats.store_lists += 1
-        async for meta in self.inner.iterate_keys():
+        keys = aiter(self.inner.iterate_keys())
+        while True:
+            async with self._bounded('listing', 'of the keys'):
+                meta = await anext(keys, None)
+            if meta is None:
+                return
             yield meta
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str, key: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError:
+            raise SyncError(
+                f'The store did not answer a {what} ({key}) within {self._timeout:g} s; the next sync tries again.'
+            ) from None
 
 
 @dataclass

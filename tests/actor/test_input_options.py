@@ -29,6 +29,14 @@ def test_globs_in_apifys_format_and_as_plain_strings() -> None:
     assert defaults.exclude_globs == []
 
 
+def test_the_result_set_and_the_blocked_page_check_options() -> None:
+    defaults = CrawlerInput.parse(START)
+    assert defaults.dataset_name is None, "the first run's default dataset"
+    assert defaults.retry_on_blocked is True, "crawlee's default"
+    parsed = CrawlerInput.parse({**START, 'datasetName': 'crawl-results', 'retryOnBlocked': False})
+    assert (parsed.dataset_name, parsed.retry_on_blocked) == ('crawl-results', False)
+
+
 def test_link_rules_follow_crawlees_glob_semantics() -> None:
     rules = LinkRules.from_input(
         CrawlerInput.parse(
@@ -52,6 +60,9 @@ def test_link_rules_follow_crawlees_glob_semantics() -> None:
         ({'globs': [{'url': 'https://example.com/**'}]}, r'globs\[0\] is \{'),
         ({'excludeGlobs': [{'glob': ''}]}, r'excludeGlobs must be a list .*; excludeGlobs\[0\] is'),
         ({'excludeGlobs': ['docs/**']}, r'excludeGlobs\[0\] "docs/\*\*" is not a URL glob: it must start with http'),
+        ({'datasetName': 'default'}, r'datasetName "default" is not a valid dataset name: .* \(not "default"\)'),
+        ({'datasetName': 'My_Results'}, r'datasetName "My_Results" is not a valid dataset name: use 1-63 characters'),
+        ({'retryOnBlocked': 'yes'}, r"retryOnBlocked must be true or false, got 'yes'"),
     ],
 )
 def test_invalid_options_say_what_to_fix(raw: dict[str, object], message: str) -> None:

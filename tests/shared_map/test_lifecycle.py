@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from crawlee.events._types import EventMigratingData, EventPersistStateData
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import InvalidOptionError, SharedMap, SharedMapError, SyncError
+from tests.shared_map.scripted_store import ScriptedStore
 
 
 async def run_record(store: KeyValueStore, run_id: str) -> dict[str, object]:
@@ -58,6 +60,31 @@ async def test_background_sync_publishes_without_being_asked(store: KeyValueStor
     assert reader.get('v') == 'processed'
     assert writer.stats.syncs >= 2
     await reader.close()
+
+
+async def test_a_store_that_stops_answering_fails_the_sync_instead_of_stalling_it(store: KeyValueStore) -> None:
+    hanging = ScriptedStore(store)
+    shared = SharedMap(hanging.as_store(), run_id='stalled', store_timeout_secs=0.3)
+    await shared.initialize()
+    shared['kept'] = 'processed'
+    answer = asyncio.Event()
+
+    async def no_answer(_key: str) -> None:
+        await answer.wait()  # a connection left hanging: no error, no reply
+
+    hanging.before_set = no_answer
+    started = time.monotonic()
+    with pytest.raises(SyncError, match=r'did not answer a write \(SM\.L\..*\) within 0\.3 s'):
+        await shared.sync()
+    assert time.monotonic() - started < 5
+    assert shared.pending == 1, 'the change is kept for the next sync'
+    hanging.before_set = None
+    await shared.sync()
+    fresh = SharedMap(store, run_id='reader')
+    await fresh.initialize()
+    assert fresh['kept'] == 'processed'
+    with pytest.raises(InvalidOptionError, match='store_timeout_secs must be positive'):
+        SharedMap(store, store_timeout_secs=0)
 
 
 async def test_background_sync_survives_store_errors(

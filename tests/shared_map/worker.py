@@ -77,6 +77,7 @@ async def main() -> None:
     parser.add_argument('--tolerate-errors', action='store_true', help='a failed sync is retried later, not fatal')
     parser.add_argument('--start-delay', type=float, default=0, help='start this many seconds late')
     parser.add_argument('--read-delay-ms', type=float, default=0, help='a slow store while initializing')
+    parser.add_argument('--store-timeout', type=float, default=30, help='longest wait for one store call')
     args = parser.parse_args()
     rng = random.Random(args.seed)
     await asyncio.sleep(args.start_delay)
@@ -90,6 +91,7 @@ async def main() -> None:
         lease_ttl_secs=args.lease_ttl,
         orphan_age_secs=max(4 * args.lease_ttl, 8),
         clock=lambda: int(time.time() * 1000) + args.clock_skew_ms,
+        store_timeout_secs=args.store_timeout,
     )
     await shared.initialize()
     scripted.read_delay = 0
@@ -143,7 +145,7 @@ async def main() -> None:
 
     # Convergence: once every worker has published everything, one more read, then dump the replica.
     (args.workdir / f'done-{args.index}').touch()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # within the harness's 300 s
     while not all((args.workdir / f'done-{i}').exists() for i in range(args.count)):
         if time.monotonic() > deadline:
             raise SystemExit('timed out waiting for the other workers')
