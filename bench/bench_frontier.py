@@ -115,7 +115,14 @@ class ProcessTreeSampler:
                 continue  # it just ended
             hwm = re.search(r'^VmHWM:\s+(\d+) kB', status, re.MULTILINE)
             fields = stat.rsplit(')', 1)[-1].split()
-            entry = self.processes.setdefault(pid, {'pid': pid, 'command': _command(pid), 'peak_kib': 0})
+            entry = self.processes.get(pid)
+            if entry is None:
+                entry = self.processes[pid] = {
+                    'pid': pid,
+                    'command': _command(pid),
+                    'run': _run_key(pid),
+                    'peak_kib': 0,
+                }
             if hwm:
                 entry['peak_kib'] = max(entry['peak_kib'], int(hwm.group(1)))
             entry['cpu_seconds_sampled'] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
@@ -152,6 +159,15 @@ def _children(pid: int) -> list[int]:
         if text:
             found.extend(int(child) for child in text.split())
     return found
+
+
+def _run_key(pid: int) -> str | None:
+    """Which run a process is: its `ACTOR_RUN_ID` (the template's child runs), else its storage folder's name."""
+    text = _read(f'/proc/{pid}/environ') or ''
+    env = dict(item.split('=', 1) for item in text.split('\0') if '=' in item)
+    if 'ACTOR_RUN_ID' in env:
+        return env['ACTOR_RUN_ID']
+    return Path(env['CRAWLEE_STORAGE_DIR']).name if 'CRAWLEE_STORAGE_DIR' in env else None
 
 
 def _command(pid: int) -> str:
@@ -279,6 +295,18 @@ def _wait(
     }
 
 
+def _attach_processes(outputs: list[Json], processes: list[Json], timing: Json) -> None:
+    """Give each run's summary its process's peak memory and CPU (matched by run id, else by storage folder)."""
+    by_run = {p['run']: p for p in processes if p['run']}
+    for output in outputs:
+        process = by_run.get(str(output.get('runId'))) or by_run.get('storage')
+        if process is not None:
+            output['_peakRssMiB'] = round(process['peak_kib'] / 1024, 1)
+            output['_cpuSecondsSampled'] = process.get('cpu_seconds_sampled')
+    if len(outputs) == 1 and 'seconds' not in outputs[0]:  # crawlee-1 writes no seconds: its process's wall time
+        outputs[0]['seconds'] = round(timing['process_seconds'][0], 2)
+
+
 def _request_queue_files(root: Path) -> Json:
     """Files under every `request_queues/` folder below `root` (a local request queue's records and metadata)."""
     files = [f for folder in root.rglob('request_queues') for f in folder.rglob('*') if f.is_file()]
@@ -344,12 +372,15 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
                 else:
                     outputs.append(output)
 
+        memory = sampler.summary()
+        _attach_processes(outputs, memory['per_process'], timing)
         fetches, distinct = snapshot['fetches'], snapshot['distinct']
         rq = _request_queue_files(tmp)
         if database is not None:
             rq['postgres'] = asyncio.run(_queue_stats_and_drop(database))
             database = None
             rq_writes = rq['postgres']['row_writes_by_table'].get('request_queue_records')
+            rq['postgres']['all_tables_row_writes'] = sum(rq['postgres']['row_writes_by_table'].values())
         else:
             rq_writes = rq['records']
         kv = (
@@ -357,7 +388,6 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
             if config.startswith('template')
             else None
         )
-        memory = sampler.summary()
         postgres_cpu = (
             postgres_after - postgres_before if postgres_before is not None and postgres_after is not None else None
         )
@@ -387,6 +417,10 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
             'request_queue': rq,
             'request_queue_writes': rq_writes,
             'request_queue_writes_per_page': rq_writes / distinct if rq_writes is not None and distinct else None,
+            # crawlee's SQL queue also keeps metadata rows (counts, a buffer of their changes): all its row writes
+            'request_queue_all_table_writes_per_page': (
+                rq['postgres']['all_tables_row_writes'] / distinct if 'postgres' in rq and distinct else None
+            ),
             'duplicates': snapshot['duplicates'],
             'duplicate_ratio': snapshot['duplicates'] / distinct if distinct else None,
             'memory': memory,
@@ -478,6 +512,7 @@ def aggregate(measurements: list[Json]) -> Json:
         'kv_operations_per_page': kv or None,
         'kv_operations_per_page_total': sum(v for v in kv.values() if v is not None) if kv else None,
         'request_queue_writes_per_page': med(lambda m: m['request_queue_writes_per_page']),
+        'request_queue_all_table_writes_per_page': med(lambda m: m['request_queue_all_table_writes_per_page']),
         'duplicates': med(lambda m: m['duplicates']),
         'duplicate_ratio': med(lambda m: m['duplicate_ratio']),
         'peak_rss_max_mib': med(lambda m: m['memory']['peak_rss_max_mib']),
@@ -525,6 +560,9 @@ def main_table(aggregates: dict[str, Json], skipped: dict[str, str]) -> str:
         cpu = _fmt(agg['cpu_ms_per_page'], '.1f')
         if agg['postgres_cpu_ms_per_page'] is not None:
             cpu += f' (+ PostgreSQL {agg["postgres_cpu_ms_per_page"]:.1f})'
+        rq_cell = _fmt(agg['request_queue_writes_per_page'], '.3f')
+        if agg['request_queue_all_table_writes_per_page'] is not None:
+            rq_cell += f' (all queue tables {agg["request_queue_all_table_writes_per_page"]:.1f})'
         ok, total = agg['all_pages_crawled'], agg['repeats']
         crawled = ('yes' if ok == total else 'NO') + ('' if total == 1 else f' ({ok}/{total})')
         lines.append(
@@ -536,7 +574,7 @@ def main_table(aggregates: dict[str, Json], skipped: dict[str, str]) -> str:
                     _fmt(agg['pages_per_second'], '.1f'),
                     cpu,
                     kv_cell,
-                    _fmt(agg['request_queue_writes_per_page'], '.3f'),
+                    rq_cell,
                     f'{_fmt(agg["duplicates"], ".0f")} ({_fmt(agg["duplicate_ratio"], ".2%")})',
                     f'{_fmt(agg["peak_rss_max_mib"], ".0f")} / {_fmt(agg["peak_rss_sum_mib"], ".0f")}',
                     crawled,
@@ -547,14 +585,36 @@ def main_table(aggregates: dict[str, Json], skipped: dict[str, str]) -> str:
 
 
 def runs_table(measurements: list[Json]) -> str:
-    """Every run (process) of every measurement, from its OUTPUT record or summary."""
-    lines = [_header(['Measurement', 'Run', 'Pages', 'Seconds', 'KV reads / writes / deletes / lists'])]
+    """Every run (process) of every measurement: its summary, and its process's CPU and peak memory from /proc."""
+    lines = [
+        _header(
+            [
+                'Measurement',
+                'Run',
+                'Pages',
+                'Seconds',
+                'Pages/s',
+                'CPU ms/page',
+                'Peak RSS MiB',
+                'KV reads / writes / deletes / lists',
+            ]
+        )
+    ]
     for m in measurements:
         for o in m['outputs']:
+            pages, seconds, cpu = o.get('pagesProcessed'), o.get('seconds'), o.get('_cpuSecondsSampled')
             kv = ' / '.join(str(o.get(field, '—')) for field in KV_KINDS.values())
-            label = f'{m["config"]} #{m["repeat_index"] + 1}'
-            cells = [label, str(o.get('runId', '?')), str(o.get('pagesProcessed', '—')), str(o.get('seconds', '—'))]
-            lines.append(_row([*cells, kv if m['config'].startswith('template') else '—']))
+            cells = [
+                f'{m["config"]} #{m["repeat_index"] + 1}',
+                str(o.get('runId', '?')),
+                str(pages if pages is not None else '—'),
+                _fmt(seconds, '.1f'),
+                _fmt(pages / seconds if pages and seconds else None, '.1f'),
+                _fmt(cpu * 1000 / pages if cpu is not None and pages else None, '.1f'),
+                _fmt(o.get('_peakRssMiB'), '.0f'),
+                kv if m['config'].startswith('template') else '—',
+            ]
+            lines.append(_row(cells))
     return '\n'.join(lines)
 
 
@@ -588,7 +648,7 @@ def targets(aggregates: dict[str, Json], parse: Json) -> list[Json]:
     for config in ('template-1', 'template-3'):
         rows.append(
             (
-                f'{config}: CPU per page / one parse ({parse["median_ms"]:.1f} ms)',
+                f'{config}: CPU per page / one parse ({_fmt(parse["median_ms"], ".1f")} ms)',
                 _ratio(get(config, 'cpu_ms_per_page'), parse['median_ms']),
                 '<=',
                 TARGET_CPU_OVER_PARSE,
@@ -664,9 +724,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         skipped['crawlee-sql-3'] = 'no PostgreSQL (TEST_POSTGRES_URL unset: run under scripts/with-postgres.sh)'
         _progress(f'crawlee-sql-3 skipped: {skipped["crawlee-sql-3"]}')
         configs.remove('crawlee-sql-3')
-    parse = (
-        parse_time_ms(args.pages, args.seed, args.parse_samples) if args.parse_samples else {'median_ms': float('nan')}
-    )
+    parse = parse_time_ms(args.pages, args.seed, args.parse_samples) if args.parse_samples else {'median_ms': None}
     if args.parse_samples:
         _progress(
             f'one BeautifulSoup + lxml parse of {parse["page"]} ({parse["bytes"]} B): {parse["median_ms"]:.2f} ms'
