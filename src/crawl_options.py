@@ -47,12 +47,14 @@ SITEMAPS_TIMEOUT_SECS = 300.0
 SITEMAP_IN_ROBOTS = re.compile(r'^\s*sitemap\s*:\s*(\S+)', re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LinkRules:
     """Which links are followed: those matching a glob (without globs: links to the same host), minus excluded ones."""
 
     include: tuple[Glob, ...] = ()
     exclude: tuple[Glob, ...] = ()
+    is_known: Callable[[str], bool] | None = None
+    """Whether the shared map already has a URL: such links are dropped before crawlee builds a `Request`."""
 
     @classmethod
     def from_input(cls, crawl_input: CrawlerInput) -> LinkRules:
@@ -64,9 +66,15 @@ class LinkRules:
 
     def enqueue_links_options(self) -> dict[str, Any]:
         """Keyword arguments of `context.enqueue_links` (crawlee matches the globs against absolute URLs)."""
+        options: dict[str, Any] = {'strategy': 'same-hostname', 'exclude': list(self.exclude)}
         if self.include:  # the globs decide, whatever the host (as in Apify's Cheerio Scraper)
-            return {'strategy': 'all', 'include': list(self.include), 'exclude': list(self.exclude)}
-        return {'strategy': 'same-hostname', 'exclude': list(self.exclude)}
+            options |= {'strategy': 'all', 'include': list(self.include)}
+        if self.is_known is not None:
+            options['transform_request_function'] = self._skip_known
+        return options
+
+    def _skip_known(self, options: RequestOptions) -> RequestOptions | RequestTransformAction:
+        return 'skip' if self.is_known is not None and self.is_known(options['url']) else 'unchanged'
 
     def excludes(self, url: str) -> bool:
         """Whether a request for `url` must not be fetched: it matches an excluded glob, or no glob at all.
@@ -79,7 +87,6 @@ class LinkRules:
 
 
 _link_rules = LinkRules()
-_is_known: Callable[[str], bool] | None = None
 
 
 def link_options() -> dict[str, Any]:
@@ -88,14 +95,7 @@ def link_options() -> dict[str, Any]:
     With a shared map, links to URLs it already has are dropped before crawlee builds a `Request` for them (most
     links of a page, on a site whose pages share their navigation).
     """
-    options = _link_rules.enqueue_links_options()
-    if _is_known is not None:
-        options['transform_request_function'] = _skip_known
-    return options
-
-
-def _skip_known(options: RequestOptions) -> RequestOptions | RequestTransformAction:
-    return 'skip' if _is_known is not None and _is_known(options['url']) else 'unchanged'
+    return _link_rules.enqueue_links_options()
 
 
 @dataclass
@@ -121,8 +121,7 @@ class CrawlOptions:
 
         Also makes `link_options()` drop the links `manager` already knows.
         """
-        global _is_known  # read by `link_options()`, which the module-level router calls
-        _is_known = manager.is_known
+        self.links.is_known = manager.is_known
         pacer = None
         if self.max_requests_per_minute:
             pacer = Pacer(self.max_requests_per_minute, live_runs=lambda: len(manager.live_runs))

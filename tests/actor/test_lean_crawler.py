@@ -10,7 +10,6 @@ from bs4 import BeautifulSoup
 from crawlee import Request
 from crawlee.crawlers._beautifulsoup._beautifulsoup_parser import BeautifulSoupParser
 
-from src import crawl_options
 from src.crawl_options import link_options, prepare_crawl_options
 from src.demo.site import LONG_SEGMENT, UNICODE_PATH, serve_site
 from src.input import CrawlerInput
@@ -69,7 +68,6 @@ async def test_known_links_never_become_requests(tmp_path: Path, monkeypatch: py
         return request
 
     monkeypatch.setattr(Request, 'from_url', classmethod(counting_from_url))
-    monkeypatch.setattr(crawl_options, '_is_known', None)  # the module-level hook `wrap()` sets, undone after
     try:
         crawl_input = CrawlerInput.parse({'startUrls': [{'url': site.url}], 'syncIntervalSecs': 0.5})
         options = await prepare_crawl_options(crawl_input)
