@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crawlee import Request, RequestState
-from crawlee.request_loaders import RequestManager
 from typing_extensions import override
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from datetime import timedelta
+from .shared_map import ForwardingRequestManager
 
-    from crawlee.storage_clients.models import ProcessedRequest
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from crawlee.request_loaders import RequestManager
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Pacer:
         self._next_at = min(self._next_at, previous)
 
 
-class PacedRequestManager(RequestManager):
+class PacedRequestManager(ForwardingRequestManager):
     """A request manager that skips, before fetching, the requests the crawl options exclude, and paces the rest.
 
     A skipped request is marked handled with the state `SKIPPED` (the shared map records it as `skipped`), as
@@ -89,7 +89,7 @@ class PacedRequestManager(RequestManager):
 
     def __init__(self, inner: RequestManager, *, allows: Callable[[str], bool], pacer: Pacer | None = None) -> None:
         """Wrap `inner` (the run's shared request manager): fetch only URLs `allows()`, at the `pacer`'s pace."""
-        self._inner = inner
+        super().__init__(inner)
         self._allows = allows
         self._pacer = pacer
 
@@ -110,70 +110,3 @@ class PacedRequestManager(RequestManager):
             logger.info('Skipping %s: excluded by the globs of the input.', request.url)
             request.state = RequestState.SKIPPED
             await self._inner.mark_request_as_handled(request)
-
-    @override
-    async def add_request(self, request: str | Request, *, forefront: bool = False) -> ProcessedRequest | None:
-        """Add a request to the wrapped manager."""
-        return await self._inner.add_request(request, forefront=forefront)
-
-    @override
-    async def add_requests(
-        self,
-        requests: Sequence[str | Request],
-        *,
-        forefront: bool = False,
-        batch_size: int = 1000,
-        wait_time_between_batches: timedelta | None = None,
-        wait_for_all_requests_to_be_added: bool = False,
-        wait_for_all_requests_to_be_added_timeout: timedelta | None = None,
-    ) -> None:
-        """Add requests to the wrapped manager."""
-        options: dict[str, Any] = {
-            'forefront': forefront,
-            'batch_size': batch_size,
-            'wait_for_all_requests_to_be_added': wait_for_all_requests_to_be_added,
-            'wait_for_all_requests_to_be_added_timeout': wait_for_all_requests_to_be_added_timeout,
-        }
-        if wait_time_between_batches is not None:
-            options['wait_time_between_batches'] = wait_time_between_batches
-        await self._inner.add_requests(requests, **options)
-
-    @override
-    async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
-        """Mark a request handled in the wrapped manager."""
-        return await self._inner.mark_request_as_handled(request)
-
-    @override
-    async def reclaim_request(self, request: Request, *, forefront: bool = False) -> ProcessedRequest | None:
-        """Give a request back to the wrapped manager for a retry."""
-        return await self._inner.reclaim_request(request, forefront=forefront)
-
-    @override
-    async def get_handled_count(self) -> int:
-        """Requests the wrapped manager handled."""
-        return await self._inner.get_handled_count()
-
-    @override
-    async def get_total_count(self) -> int:
-        """Requests in the wrapped manager."""
-        return await self._inner.get_total_count()
-
-    @override
-    async def is_empty(self) -> bool:
-        """Whether the wrapped manager has nothing to fetch now."""
-        return await self._inner.is_empty()
-
-    @override
-    async def is_finished(self) -> bool:
-        """Whether the wrapped manager has nothing to fetch and nothing in progress."""
-        return await self._inner.is_finished()
-
-    @override
-    async def drop(self) -> None:
-        """Drop the wrapped manager."""
-        await self._inner.drop()
-
-    @override
-    async def purge(self) -> None:
-        """Purge the wrapped request manager."""
-        await self._inner.purge()

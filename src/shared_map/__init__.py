@@ -12,6 +12,7 @@ from ._backends import (
     storage_client_for,
 )
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
+from ._forwarding import ForwardingRequestManager
 from ._records import FORMAT_VERSION
 from ._request_manager import SharedRequestManager
 from ._shared_map import SharedMap, SyncMode
@@ -26,6 +27,7 @@ __all__ = [
     'PROCESSED',
     'RESERVED_STORE_NAMES',
     'SKIPPED',
+    'ForwardingRequestManager',
     'InvalidOptionError',
     'RunStats',
     'SharedMap',

@@ -13,14 +13,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crawlee import Request
-from crawlee.request_loaders import RequestManager
 
+from ._forwarding import ForwardingRequestManager
 from ._stats import SharingStats
 from ._urls import DONE, MAP_KEY_FIELD, rendezvous, request_from_map
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from crawlee.request_loaders import RequestManager
 
     from ._shared_map import SharedMap
     from ._stats import SyncResult
@@ -39,7 +41,7 @@ _FAST_PACE = 50.0
 """Pages per second a run is assumed to fetch when guessing when it runs out of work (a guess on the early side)."""
 
 
-class SharedFrontier(RequestManager):
+class SharedFrontier(ForwardingRequestManager):
     """The sharing state and the background loop of a `SharedRequestManager` (see its docstring)."""
 
     def __init__(
@@ -68,7 +70,7 @@ class SharedFrontier(RequestManager):
             max_processed: Stop once this many URLs are processed (or failed) by all runs together: exact with one
                 run; with several, exceeded by at most what the other runs started but had not synced yet.
         """
-        self._inner = inner
+        super().__init__(inner)
         self._shared = shared
         self._info = info
         self._keep_depths = keep_depths

@@ -176,11 +176,6 @@ class SharedRequestManager(SharedFrontier):
         """The shared map of URL -> request info (label, user data, depth), if kept."""
         return self._info
 
-    @property
-    def inner(self) -> RequestManager:
-        """The wrapped request queue."""
-        return self._inner
-
     # ------------------------------------------------------------------ RequestManager
 
     @override
@@ -206,15 +201,14 @@ class SharedRequestManager(SharedFrontier):
         keyed = [with_map_key(self._transform_request(request)) for request in requests]
         admitted = [request for request in keyed if self._admit(request)]
         if admitted:
-            options: dict[str, Any] = {
-                'forefront': forefront,
-                'batch_size': batch_size,
-                'wait_for_all_requests_to_be_added': wait_for_all_requests_to_be_added,
-                'wait_for_all_requests_to_be_added_timeout': wait_for_all_requests_to_be_added_timeout,
-            }
-            if wait_time_between_batches is not None:
-                options['wait_time_between_batches'] = wait_time_between_batches
-            await self._inner.add_requests(admitted, **options)
+            await super().add_requests(
+                admitted,
+                forefront=forefront,
+                batch_size=batch_size,
+                wait_time_between_batches=wait_time_between_batches,
+                wait_for_all_requests_to_be_added=wait_for_all_requests_to_be_added,
+                wait_for_all_requests_to_be_added_timeout=wait_for_all_requests_to_be_added_timeout,
+            )
 
     def _admit(self, request: Request) -> bool:
         url = request.unique_key  # the map key (see `map_key`), which the queue dedupes on too
@@ -294,16 +288,6 @@ class SharedRequestManager(SharedFrontier):
         return await self._inner.reclaim_request(request, forefront=forefront)
 
     @override
-    async def get_handled_count(self) -> int:
-        """Requests this run handled."""
-        return await self._inner.get_handled_count()
-
-    @override
-    async def get_total_count(self) -> int:
-        """Requests in this run's queue."""
-        return await self._inner.get_total_count()
-
-    @override
     async def is_empty(self) -> bool:
         """Whether this run has nothing to fetch now (its queue is empty, or the limit holds it back)."""
         if self._held_back() or await self._inner.is_empty():
@@ -318,13 +302,3 @@ class SharedRequestManager(SharedFrontier):
         if self._in_flight:
             return False
         return self._held_back() or await self._inner.is_finished()
-
-    @override
-    async def drop(self) -> None:
-        """Drop the wrapped queue."""
-        await self._inner.drop()
-
-    @override
-    async def purge(self) -> None:
-        """Purge the wrapped queue (the shared map is never purged: other runs rely on it)."""
-        await self._inner.purge()
