@@ -8,13 +8,16 @@ import logging
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from apify import Actor, Event
 from crawlee import service_locator
 from crawlee.events._types import EventMigratingData, EventPersistStateData
+from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import InvalidOptionError, SharedMap, SharedMapError, SyncError
+from tests.conftest import POSTGRES_URL, fresh_database
 from tests.shared_map.scripted_store import ScriptedStore
 
 
@@ -85,6 +88,44 @@ async def test_a_store_that_stops_answering_fails_the_sync_instead_of_stalling_i
     assert fresh['kept'] == 'processed'
     with pytest.raises(InvalidOptionError, match='store_timeout_secs must be positive'):
         SharedMap(store, store_timeout_secs=0)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason='needs the test PostgreSQL server (make test)')
+async def test_a_table_locked_by_another_client_fails_the_sync_and_the_next_one_recovers() -> None:
+    """A real hanging call: another PostgreSQL client holds a lock the store's writes wait for, with no error and
+    no reply. The sync gives up after `store_timeout_secs`; its cancelled write leaves no broken connection behind."""
+    async with fresh_database() as connection:
+        storage_client = SqlStorageClient(connection_string=connection)
+        store = await KeyValueStore.open(name='locked', storage_client=storage_client)
+        shared = SharedMap(store, run_id='writer', store_timeout_secs=1)
+        await shared.initialize()
+        shared['first'] = 'processed'
+        await shared.sync()
+        locker = await asyncpg.connect(connection.replace('postgresql+asyncpg://', 'postgresql://'))
+        try:
+            locking = locker.transaction()
+            await locking.start()
+            await locker.execute('LOCK TABLE key_value_store_records IN EXCLUSIVE MODE')
+            shared['second'] = 'processed'
+            started = time.monotonic()
+            with pytest.raises(SyncError, match='did not answer'):
+                await shared.sync()
+            assert time.monotonic() - started < 10
+            assert shared.pending == 1
+            await locking.rollback()
+        finally:
+            await locker.close()
+        for _ in range(3):  # the same pool, after a cancelled statement
+            await shared.sync()
+        shared['third'] = 'processed'
+        await shared.sync()
+        await shared.close()
+        fresh = SharedMap(store, run_id='reader')
+        await fresh.initialize()
+        assert {key: fresh.get(key) for key in ('first', 'second', 'third')} == dict.fromkeys(
+            ('first', 'second', 'third'), 'processed'
+        )
+        await storage_client.close()
 
 
 async def test_background_sync_survives_store_errors(
