@@ -42,6 +42,10 @@ async def test_one_run_fetches_exactly_the_limit(tmp_path: Path) -> None:
     assert {item['url'] for item in items} == {site.url.rstrip('/') + path for path in stats['counts']}
     (summary,) = outputs(storage)
     assert summary['pagesProcessed'] == 50
+    by_kind = [summary[f'store{kind}'] for kind in ('Reads', 'Writes', 'Deletes', 'Lists')]
+    assert sum(by_kind) == summary['storeOperations'] > 0, 'store operations by kind, to price the crawl'
+    assert summary['storeWrites'] > 0
+    assert summary['storeLists'] > 0
 
 
 async def test_three_runs_stay_within_the_limit_plus_what_is_in_flight(tmp_path: Path) -> None:

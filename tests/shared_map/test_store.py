@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 from crawlee.storages import KeyValueStore
@@ -194,3 +197,62 @@ async def test_the_largest_allowed_entry_fits_one_record(store: KeyValueStore) -
     fresh = SharedMap(store, run_id='fresh')
     await fresh.initialize()
     assert dict(fresh) == dict(shared)
+
+
+class CallCountingStore:
+    """Forwards every call to a real store and counts the calls by kind, as the platform would bill them."""
+
+    def __init__(self, inner: KeyValueStore) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    async def get_value(self, key: str, default_value: Any = None) -> Any:
+        self.calls['reads'] += 1
+        return await self.inner.get_value(key, default_value)
+
+    async def record_exists(self, key: str) -> bool:
+        self.calls['reads'] += 1
+        return await self.inner.record_exists(key)
+
+    async def set_value(self, key: str, value: Any, content_type: str | None = None) -> None:
+        self.calls['writes'] += 1
+        await self.inner.set_value(key, value, content_type=content_type)
+
+    async def delete_value(self, key: str) -> None:
+        self.calls['deletes'] += 1
+        await self.inner.delete_value(key)
+
+    async def iterate_keys(
+        self, exclusive_start_key: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[Any]:
+        self.calls['lists'] += 1
+        async for meta in self.inner.iterate_keys(exclusive_start_key=exclusive_start_key, limit=limit):
+            yield meta
+
+
+async def test_store_operations_are_counted_by_kind_exactly(store: KeyValueStore) -> None:
+    # The run summary's storeReads/Writes/Deletes/Lists price a crawl: they must be the calls the store really got.
+    proxies = [CallCountingStore(store) for _ in range(2)]
+    maps = [
+        SharedMap(cast('KeyValueStore', proxy), run_id=f'run-{i}', compact_after_records=3, run_record_interval_secs=0)
+        for i, proxy in enumerate(proxies)
+    ]
+    for shared in maps:
+        await shared.initialize()
+    for round_ in range(6):
+        for i, shared in enumerate(maps):
+            shared[f'https://example.com/{round_}-{i}'] = 'processed'
+            await shared.sync()
+    for shared in maps:
+        await shared.close()
+    for shared, proxy in zip(maps, proxies, strict=True):
+        counted = {
+            'reads': shared.stats.store_reads,
+            'writes': shared.stats.store_writes,
+            'deletes': shared.stats.store_deletes,
+            'lists': shared.stats.store_lists,
+        }
+        assert counted == dict(proxy.calls), shared.run_id
+        assert shared.stats.store_operations == sum(proxy.calls.values())
+    assert sum(proxy.calls['deletes'] for proxy in proxies) > 0, 'a compaction deleted records'
+    assert all(proxy.calls['reads'] and proxy.calls['lists'] and proxy.calls['writes'] for proxy in proxies)
