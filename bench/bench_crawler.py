@@ -45,13 +45,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from src.demo.site import RunningSite, serve_site
+from src.demo.site import SiteStats, serve_site
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STORE_NAME = 'bench-crawl'
@@ -198,20 +198,33 @@ def wait_for_quiet(below: float, max_wait: float, window: float = 5.0) -> Json:
             return {'seconds': elapsed, 'busy_shares': waited_for, 'quiet': share <= below}
 
 
-def _wait(processes: list[subprocess.Popen[bytes]], site: RunningSite, started: float, timeout: float) -> Json:
-    """Wait for the processes, polling the site; timings are seconds since `started`."""
+def wait_for_processes(
+    processes: list[subprocess.Popen[bytes]],
+    stats: SiteStats,
+    started: float,
+    timeout: float,
+    *,
+    on_tick: Callable[[list[int]], object] | None = None,
+    poll_secs: float = POLL_SECS,
+) -> Json:
+    """Wait for the processes, polling the site's counts; timings are seconds since `started`.
+
+    `on_tick` gets the pids of the processes still running at every poll (e.g. to sample their memory).
+    """
     first_fetch = last_new_page = last_fetch = None
     seen_distinct = seen_fetches = 0
     ended: dict[int, float] = {}
     timed_out = False
     while len(ended) < len(processes):
+        if on_tick is not None:
+            on_tick([process.pid for index, process in enumerate(processes) if index not in ended])
         now = time.perf_counter() - started
         for index, process in enumerate(processes):
             if index not in ended and process.poll() is not None:
                 ended[index] = now
-        with site.stats.lock:
-            fetches = sum(site.stats.fetches.values())
-            distinct = len(site.stats.fetches)
+        with stats.lock:
+            fetches = sum(stats.fetches.values())
+            distinct = len(stats.fetches)
         if fetches > seen_fetches:
             first_fetch = now if first_fetch is None else first_fetch
             last_fetch, seen_fetches = now, fetches
@@ -228,7 +241,7 @@ def _wait(processes: list[subprocess.Popen[bytes]], site: RunningSite, started: 
                     process.wait()
                     ended[index] = time.perf_counter() - started
             break
-        time.sleep(POLL_SECS)
+        time.sleep(poll_secs)
     return {
         'wall_seconds': max(ended.values()),
         'process_seconds': [ended[i] for i in range(len(processes))],
@@ -252,7 +265,7 @@ def measure(config: Config, pages: int, repeat_index: int, timeout: float, logs_
         meter = CpuMeter()
         started = time.perf_counter()
         processes = [start_actor(storage, raw, tmp / f'{storage.name}.log') for storage in storages]
-        timing = _wait(processes, site, started, timeout)
+        timing = wait_for_processes(processes, site.stats, started, timeout)
         cpu = meter.stop() | {'load_average_at_start': load_at_start}
         snapshot = site.stats.snapshot()
         counts: dict[str, int] = snapshot.pop('counts')

@@ -40,7 +40,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -65,9 +64,10 @@ from bench.bench_crawler import (
     actor_input,
     read_output,
     start_actor,
+    wait_for_processes,
     wait_for_quiet,
 )
-from bench.docs_site import DocsSite, RunningDocsSite, serve_docs_site
+from bench.docs_site import DocsSite, serve_docs_site
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ['crawlee-1', 'crawlee-sql-3', 'template-1', 'template-3']
@@ -255,46 +255,6 @@ def _start_sql_worker(connection: str, site_url: str, storage: Path, *, prepare:
         )
 
 
-def _wait(
-    processes: list[subprocess.Popen[bytes]], site: RunningDocsSite, sampler: ProcessTreeSampler, timeout: float
-) -> Json:
-    """Wait for the processes, sampling their trees; times are seconds since the call."""
-    started = time.perf_counter()
-    ended: dict[int, float] = {}
-    last_new_page = None
-    seen_distinct = 0
-    timed_out = False
-    while True:
-        sampler.sample([p.pid for i, p in enumerate(processes) if i not in ended])
-        now = time.perf_counter() - started
-        for index, process in enumerate(processes):
-            if index not in ended and process.poll() is not None:
-                ended[index] = now
-        with site.stats.lock:
-            distinct = len(site.stats.fetches)
-        if distinct > seen_distinct:
-            last_new_page, seen_distinct = now, distinct
-        if len(ended) == len(processes):
-            break
-        if now > timeout:
-            timed_out = True
-            for index, process in enumerate(processes):
-                if index not in ended:
-                    _progress(f'  timeout after {now:.0f} s: killing process group {process.pid}')
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                    ended[index] = time.perf_counter() - started
-            break
-        time.sleep(SAMPLE_SECS)
-    return {
-        'wall_seconds': max(ended.values()),
-        'process_seconds': [ended[i] for i in range(len(processes))],
-        'last_new_page_seconds': last_new_page,
-        'timed_out': timed_out,
-        'exit_codes': [process.returncode for process in processes],
-    }
-
-
 def _attach_processes(outputs: list[Json], processes: list[Json], timing: Json) -> None:
     """Give each run's summary its process's peak memory and CPU (matched by run id, else by storage folder)."""
     by_run = {p['run']: p for p in processes if p['run']}
@@ -342,7 +302,9 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
             processes = [_start_sql_worker(connection, site.url, s, prepare=False) for s in storages]
         else:
             processes = [start_actor(storages[0], raw, tmp / 'storage.log')]
-        timing = _wait(processes, site, sampler, args.timeout)
+        timing = wait_for_processes(
+            processes, site.stats, time.perf_counter(), args.timeout, on_tick=sampler.sample, poll_secs=SAMPLE_SECS
+        )
         cpu = meter.stop() | {'load_average_at_start': load_at_start}
         postgres_after = postgres_cpu_seconds() if sql else None
         snapshot = site.stats.snapshot()
