@@ -336,29 +336,36 @@ def measure(config: Config, pages: int, repeat_index: int, timeout: float, logs_
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def problems(m: Json) -> list[str]:
-    """What looks wrong in a measurement."""
+def common_problems(m: Json, *, runs: int) -> list[str]:
+    """What looks wrong in any crawl measurement (of `runs` runs): a timeout, exit codes, missing summaries, pages
+    not crawled or failed, counts that disagree with the site's, error lines in the logs."""
     found: list[str] = []
     if m['timed_out']:
         found.append(f'timed out after {m["wall_seconds"]:.0f} s')
     if any(code != 0 for code in m['exit_codes']):
         found.append(f'exit codes {m["exit_codes"]}')
     if m['missing_outputs']:
-        found.append(f'{m["missing_outputs"]} of {m["runs_started"]} runs wrote no OUTPUT')
-    if m['runs_started'] != m['runs']:
-        found.append(f'{m["runs_started"]} runs started, expected {m["runs"]}')
+        found.append(f'{m["missing_outputs"]} of {runs} runs wrote no summary')
     if not m['all_pages_crawled']:
         found.append(f'only {m["site"]["distinct"]} of {m["pages"]} pages crawled')
     if m['pages_failed']:
         found.append(f'{m["pages_failed"]} pages failed')
     if m['pages_processed'] != m['site']['fetches']:
         found.append(f'runs report {m["pages_processed"]} pages processed, the site served {m["site"]["fetches"]}')
-    expected_duplicates = (m['runs'] - 1) * m['pages'] if m['mode'] == 'independent' else 0
-    if m['mode'] == 'independent' and m['site']['duplicates'] != expected_duplicates:
-        found.append(f'{m["site"]["duplicates"]} duplicates, expected (N-1) x pages = {expected_duplicates}')
     errors = sum(s.get('errors', 0) for s in m['log_summaries'])
     if errors:
         found.append(f'{errors} error lines in the logs')
+    return found
+
+
+def problems(m: Json) -> list[str]:
+    """What looks wrong in a measurement of this benchmark."""
+    found = common_problems(m, runs=m['runs_started'])
+    if m['runs_started'] != m['runs']:
+        found.append(f'{m["runs_started"]} runs started, expected {m["runs"]}')
+    expected_duplicates = (m['runs'] - 1) * m['pages'] if m['mode'] == 'independent' else 0
+    if m['mode'] == 'independent' and m['site']['duplicates'] != expected_duplicates:
+        found.append(f'{m["site"]["duplicates"]} duplicates, expected (N-1) x pages = {expected_duplicates}')
     failed_syncs = sum(s.get('sharing_failed', 0) for s in m['log_summaries'])
     if failed_syncs:
         found.append(f'{failed_syncs} failed syncs in the logs')

@@ -62,6 +62,7 @@ from bench.bench_crawler import (
     _median,
     _progress,
     actor_input,
+    common_problems,
     read_output,
     start_actor,
     wait_for_processes,
@@ -396,7 +397,7 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
             if log.is_file():
                 shutil.copyfile(log, logs_dir / (log.name if log.parent == tmp else f'{log.parent.name}.log'))
         result['logs_dir'] = str(logs_dir)
-        result['problems'] = problems(result)
+        result['problems'] = common_problems(result, runs=result['runs'])
         return result
     finally:
         site.stop()
@@ -404,27 +405,6 @@ def measure(config: str, args: argparse.Namespace, repeat_index: int, logs_root:
             asyncio.run(_queue_stats_and_drop(database))
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def problems(m: Json) -> list[str]:
-    """What looks wrong in a measurement."""
-    found: list[str] = []
-    if m['timed_out']:
-        found.append(f'timed out after {m["wall_seconds"]:.0f} s')
-    if any(code != 0 for code in m['exit_codes']):
-        found.append(f'exit codes {m["exit_codes"]}')
-    if m['missing_outputs']:
-        found.append(f'{m["missing_outputs"]} of {m["runs"]} runs wrote no summary')
-    if not m['all_pages_crawled']:
-        found.append(f'only {m["site"]["distinct"]} of {m["pages"]} pages crawled')
-    if m['pages_failed']:
-        found.append(f'{m["pages_failed"]} pages failed')
-    if m['pages_processed'] != m['site']['fetches']:
-        found.append(f'runs report {m["pages_processed"]} pages processed, the site served {m["site"]["fetches"]}')
-    errors = sum(s.get('errors', 0) for s in m['log_summaries'])
-    if errors:
-        found.append(f'{errors} error lines in the logs')
-    return found
 
 
 def parse_time_ms(pages: int, seed: int, samples: int) -> Json:
