@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from crawlee import Request
 
 from ._forwarding import ForwardingRequestManager
+from ._periodic import stop_task
 from ._stats import SharingStats
 from ._urls import DONE, MAP_KEY_FIELD, rendezvous, request_from_map
 from ._values import ENQUEUED
@@ -73,6 +74,8 @@ class SharedFrontier(ForwardingRequestManager):
         super().__init__(inner)
         self._shared = shared
         self._info = info
+        if info is not None:  # on every path that publishes statuses: the loop, the Actor's events, close
+            shared.publish_after(info)
         self._keep_depths = keep_depths
         self._sync_interval = sync_interval_secs
         self._idle_poll = min(IDLE_POLL_SECS, sync_interval_secs)
@@ -194,9 +197,7 @@ class SharedFrontier(ForwardingRequestManager):
         """Stop the background loop."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     async def _loop(self) -> None:
         while not self._done:
@@ -240,14 +241,7 @@ class SharedFrontier(ForwardingRequestManager):
         """Sync the shared maps and learn which runs are live (hence who owns what)."""
         self._last_sync_at = time.monotonic()
         self._handed_since_sync = 0
-        # The request info goes before the statuses, so whoever sees a URL waiting finds its label and depth. URLs
-        # admitted while the info was being written are written again, until none came in meanwhile: from there to
-        # the statuses' write phase taking its changes, nothing awaits, so no URL can slip in between.
-        for _ in range(8):
-            if self._info is None or not self._info.pending:
-                break
-            await self._info.sync(mode='write-only')
-        result = await self._shared.sync()
+        result = await self._shared.sync()  # the request info first (`SharedMap.publish_after`), then the statuses
         self.stats.syncs += 1
         self.last_sync = result
         if result.entries_changed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._errors import SharedMapError
 
@@ -37,3 +38,15 @@ def start_periodic(
                 logger.exception('%s failed unexpectedly, will retry in %.1f s', what, interval_secs)
 
     return asyncio.create_task(loop(), name=name)
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended. A cancellation of the caller still reaches the caller.
+
+    (`with suppress(CancelledError): await task` would swallow it: a caller bounded by `asyncio.timeout` or
+    `wait_for` would then wait as long as the task takes.)
+    """
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.warning('Background task %s ended with an error: %r', task.get_name(), error)

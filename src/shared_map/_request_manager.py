@@ -14,6 +14,7 @@ from crawlee.storage_clients.models import ProcessedRequest
 from crawlee.storages import RequestQueue
 from typing_extensions import override
 
+from ._errors import SharedMapError
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
 from ._urls import DONE, FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
@@ -28,6 +29,22 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+
+async def _close_maps(maps: Iterable[SharedMap]) -> int:
+    """Close each map, each within its store timeout; how many changes were not saved (each failure logged once)."""
+    unsaved = 0
+    for shared in maps:
+        try:
+            await shared.close()
+        except SharedMapError as exc:
+            unsaved += shared.pending
+            logger.error(
+                '%s Nothing discovered is lost: the pages this run processed since its last sync still wait in the '
+                'store, and a run started later fetches them again.',
+                exc,
+            )
+    return unsaved
 
 
 class SharedRequestManager(SharedFrontier):
@@ -91,6 +108,7 @@ class SharedRequestManager(SharedFrontier):
         with_depths: bool = False,
         queue: RequestManager | None = None,
         max_processed: int | None = None,
+        store_timeout_secs: float = 300.0,
     ) -> AsyncIterator[SharedRequestManager]:
         """Share a crawl through the named store: the maps, the run's queue behind them, and their whole lifecycle.
 
@@ -107,13 +125,30 @@ class SharedRequestManager(SharedFrontier):
                 operations; what a run must not lose is in the shared map (`enqueued`), and a restarted run rebuilds
                 its queue from there.
             max_processed: The crawl-wide page limit.
+            store_timeout_secs: Longest wait for one store call. Closing takes at most twice this long whatever the
+                store does (`unsaved_changes` then says what was not saved).
         """
         heartbeat = min(sync_interval_secs, dead_after_secs / 4)
-        maps = [await SharedMap.open(store_name, connection=connection, run_id=run_id, heartbeat_secs=heartbeat)]
+        maps = [
+            await SharedMap.open(
+                store_name,
+                connection=connection,
+                run_id=run_id,
+                heartbeat_secs=heartbeat,
+                store_timeout_secs=store_timeout_secs,
+            )
+        ]
+        manager: SharedRequestManager | None = None
         try:
             # Label, user data and depth of each URL, so that a URL handed over keeps them.
-            maps.append(SharedMap(maps[0].store, run_id=maps[0].run_id, prefix=info_prefix(maps[0].prefix)))
-            await maps[1].initialize()
+            info = SharedMap(
+                maps[0].store,
+                run_id=maps[0].run_id,
+                prefix=info_prefix(maps[0].prefix),
+                store_timeout_secs=store_timeout_secs,
+            )
+            maps.append(info)
+            await info.initialize()
             if queue is None:
                 queue = await RequestQueue.open(storage_client=MemoryStorageClient())
             manager = cls(
@@ -131,8 +166,9 @@ class SharedRequestManager(SharedFrontier):
             finally:
                 await manager.close()
         finally:
-            for shared in reversed(maps):
-                await shared.close()
+            unsaved = await _close_maps(reversed(maps))
+            if manager is not None:
+                manager.unsaved_changes = unsaved
 
     async def run(self, crawler: BasicCrawler[Any, Any], requests: Sequence[str | Request]) -> None:
         """Run `crawler` (built with this request manager and `keep_alive=True`) until the whole crawl is done.
@@ -165,6 +201,9 @@ class SharedRequestManager(SharedFrontier):
                 self._shared[key] = PROCESSED
                 marked += 1
         return marked
+
+    unsaved_changes = 0
+    """Changes the store did not take when the crawl was closed (see `open_crawl`); 0 when all were saved."""
 
     @property
     def shared(self) -> SharedMap:

@@ -28,7 +28,7 @@ from ._compaction import Compactor
 from ._errors import InvalidOptionError, SharedMapError, SyncError
 from ._liveness import RunRecord, RunsSeen
 from ._options import MiB, check_options
-from ._periodic import start_periodic
+from ._periodic import start_periodic, stop_task
 from ._records import Keys
 from ._replica import Replica
 from ._seeds import load_seed_record
@@ -168,6 +168,8 @@ class SharedMap(Replica):
         self._sync_lock = asyncio.Lock()
         self._sync_task: asyncio.Task[None] | None = None
         self._actor_events = ActorEvents()
+        self._store_timeout = store_timeout_secs
+        self._publish_first: SharedMap | None = None
 
     # ------------------------------------------------------------------ factory and lifecycle
 
@@ -257,19 +259,47 @@ class SharedMap(Replica):
             result.snapshots_loaded,
         )
 
-    async def close(self) -> None:
-        """Stop the background sync, do a final sync, release the lease, and mark this run finished in the store."""
+    async def close(self, *, timeout_secs: float | None = None) -> None:
+        """Stop the background sync, do a final sync, release the lease, and mark this run finished in the store.
+
+        Bounded in time whatever the store does: after `timeout_secs` (default: `store_timeout_secs`) it gives up.
+
+        Raises:
+            SyncError: the final state could not be saved; the message says how many changes were lost. A run
+                started later still finds every URL this run did not publish as done waiting in the store.
+        """
         if self._closed:
             return
-        await self.stop_background_sync(final_sync=False)
         self._actor_events.unfollow()
+        self._closed = True
+        timeout = self._store_timeout if timeout_secs is None else timeout_secs
+        deadline = asyncio.get_running_loop().time() + timeout
+        failure: BaseException | None = None
         try:
-            await self._sync(final=True)
-        finally:
-            self._closed = True
-            await self._compactor.release_lease()
-            await self._write_run_record(finished=True)
+            async with asyncio.timeout_at(deadline):
+                await self.stop_background_sync(final_sync=False)  # waits for a sync in progress, within the bound
+                await self._sync(final=True)
+        except (TimeoutError, SharedMapError) as exc:
+            failure = exc
+        with contextlib.suppress(TimeoutError, SharedMapError):  # after a hang, the deadline has passed: skipped
+            async with asyncio.timeout_at(deadline):
+                await self._compactor.release_lease()
+                await self._write_run_record(finished=True)
+        if failure is not None:
+            reason = f'no answer within {timeout:g} s' if isinstance(failure, TimeoutError) else str(failure)
+            raise SyncError(
+                f'Shared map {self._keys.prefix!r} (run {self.run_id}): the store did not take the final state at '
+                f'close ({reason}); {self.pending} changes of this run were not saved.'
+            )
         logger.info('Shared map %r (run %s) closed: %s', self._keys.prefix, self.run_id, self.stats.to_dict())
+
+    def publish_after(self, first: SharedMap) -> None:
+        """Publish `first`'s pending changes before each of this map's writes, whatever starts the sync.
+
+        The crawl's request-info map goes before the statuses: whoever sees a URL waiting finds its label and depth,
+        whether the sync came from the loop, an Actor event (PERSIST_STATE, MIGRATING, ABORTING) or `close()`.
+        """
+        self._publish_first = first
 
     async def __aenter__(self) -> SharedMap:
         await self.initialize()
@@ -303,10 +333,11 @@ class SharedMap(Replica):
         """Stop the background task (waiting for a sync in progress) and, by default, sync once more."""
         task, self._sync_task = self._sync_task, None
         if task is not None:
-            async with self._sync_lock:  # never cancel a sync half-way: let the one in progress finish
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                async with self._sync_lock:  # never cancel a sync half-way: let the one in progress finish...
+                    task.cancel()
+            finally:
+                await stop_task(task)  # ... unless this wait is itself cancelled (e.g. `close()`'s time is up)
         if final_sync and not self._closed:
             await self.sync()
 
@@ -379,6 +410,7 @@ class SharedMap(Replica):
             started = time.perf_counter()
             result = SyncResult()
             try:
+                await self._publish_first_pending()
                 await self.write_phase(result, final=final)  # 1. publish this run's changes
                 if mode == 'full':
                     listing = await self._records.list()  # 2. read what others published
@@ -409,6 +441,18 @@ class SharedMap(Replica):
             if self._run_record.due():
                 await self._write_run_record(finished=False)
             return result
+
+    async def _publish_first_pending(self) -> None:
+        """Publish the pending changes of the map set with `publish_after`; returns with none pending.
+
+        Changes made there during its write are written again, until none came in meanwhile: from then to this map's
+        write phase taking its own changes, nothing awaits, so no change can slip in between.
+        """
+        first = self._publish_first
+        for _ in range(8):
+            if first is None or not first.pending:
+                return
+            await first.sync(mode='write-only')
 
     async def _write_run_record(self, *, finished: bool) -> None:
         await self._run_record.write(finished=finished, entries=len(self), pending=self.pending)
