@@ -19,8 +19,8 @@ from .baseline import crawl_without_sharing
 from .crawl_options import CrawlOptions
 from .input import CrawlerInput, exit_if_input_file_is_invalid
 from .lean_crawler import LeanBeautifulSoupCrawler
+from .page_items import PageItems
 from .preflight import read_input
-from .results import skip_saved_pages
 from .routes import router
 from .shared_map import SharedRequestManager
 from .summary import finish_run
@@ -39,7 +39,7 @@ async def main() -> None:
         async with Supervisor.fan_out(crawl_input, run_id) as supervisor:  # the other runs; Ctrl-C stops them all
             if not crawl_input.use_shared_map:
                 await crawl_without_sharing(
-                    crawl_input, options, run_id, supervisor, crawler_options(crawl_input, options)
+                    crawl_input, options, run_id, supervisor, crawler_options(crawl_input, options, PageItems())
                 )
                 return
             started = time.monotonic()
@@ -54,19 +54,22 @@ async def main() -> None:
                 max_processed=crawl_input.max_requests_per_crawl,
             ) as manager:
                 # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
+                pages = PageItems()  # each item records its page: a resumed run fetches again what it cannot vouch for
                 crawler = LeanBeautifulSoupCrawler(  # BeautifulSoupCrawler, less CPU per page (src/lean_crawler.py)
-                    request_manager=options.wrap(manager), keep_alive=True, **crawler_options(crawl_input, options)
+                    request_manager=options.wrap(manager),
+                    keep_alive=True,
+                    **crawler_options(crawl_input, options, pages),
                 )
-                await skip_saved_pages(manager)  # a resumed run: the pages already in its dataset are done
+                await pages.resume(manager.shared)  # a resumed run: its dataset's pages not done in the store
                 await supervisor.wait_unless_stopped(manager.wait_for_runs())
                 await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)
 
 
-def crawler_options(crawl_input: CrawlerInput, options: CrawlOptions) -> dict[str, Any]:
+def crawler_options(crawl_input: CrawlerInput, options: CrawlOptions, pages: PageItems) -> dict[str, Any]:
     """The crawler's options from the input, as in the official template."""
     return {
-        'request_handler': router,
+        'request_handler': pages.wrap(router),
         'max_request_retries': crawl_input.max_request_retries,
         'retry_on_blocked': crawl_input.retry_on_blocked,
         'max_crawl_depth': crawl_input.max_crawl_depth,

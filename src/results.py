@@ -7,9 +7,8 @@ gives one, else its own default dataset. Locally the sources are every run folde
 
 Items are deduplicated by the shared-map key of their `url` field, so a page fetched again after a crash appears
 once; the merge reads what the result set already holds first, so running it again (a resume after a kill during the
-merge) adds nothing twice. A run whose dataset already holds items when it starts (a resume, a migration) marks
-their pages processed in the shared map, so that no run fetches them again and its own dataset stays free of
-duplicates too.
+merge) adds nothing twice. A run that resumes after a crash fetches again the pages its dataset holds but the shared
+store does not hold as done, without saving their items twice (`src/page_items.py`).
 
 `python -m src.results` exports the results of a local crawl (JSON Lines or CSV), deduplicated the same way, without
 changing a byte of the storage folder.
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 
     from .fanout import ChildRun
     from .input import CrawlerInput
-    from .shared_map import SharedRequestManager
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +70,6 @@ def page_key(item: object) -> str | None:
     """The page an item stands for (the shared-map key of its `url`), or None if it has no URL."""
     url = item.get(URL_FIELD) if isinstance(item, Mapping) else None
     return map_key(url) if isinstance(url, str) and url else None
-
-
-async def skip_saved_pages(manager: SharedRequestManager) -> int:
-    """Mark the pages already in this run's dataset processed (a resumed or restarted run); how many were not yet."""
-    dataset = await Actor.open_dataset()
-    if not (await dataset.get_metadata()).item_count:
-        return 0
-    keys = [key async for item in dataset.iterate_items() if (key := page_key(item)) is not None]
-    marked = manager.mark_processed(keys)
-    if marked:
-        Actor.log.info(f'{marked} pages saved in this dataset by an earlier attempt are not fetched again.')
-    return marked
 
 
 async def merge_results(crawl_input: CrawlerInput, children: list[ChildRun]) -> MergeReport:

@@ -103,14 +103,25 @@ async def finish_run(
         'processedInCrawl': sum(1 for status in manager.shared.values() if status == PROCESSED),
         'seconds': round(time.monotonic() - started, 2),
         'topError': top_error(crawler),
+        # Changes the shared store did not take at close (it stopped answering): their pages are fetched again later.
+        'unsavedChanges': manager.unsaved_changes,
     }
     await Actor.set_value('OUTPUT', summary)
     store = manager.shared.store
-    await store.set_value(f'{SUMMARY_PREFIX}{run_id}', summary)
+    if not manager.unsaved_changes:  # a store that just failed to answer would hold the exit up once more
+        await store.set_value(f'{SUMMARY_PREFIX}{run_id}', summary)
     Actor.log.info(f'Run summary: {summary}')
     verdict = await report_runs(
         summary, supervisor.children, store, whole_crawl=not crawl_input.is_child, stopped_by=supervisor.stop_signal
     )
+    if manager.unsaved_changes and not verdict.exit_code:
+        verdict = Verdict(
+            1,
+            f'The shared store did not take {manager.unsaved_changes} changes of this run at its end: the crawl is '
+            'not finished. Run it again to fetch the pages they cover.',
+            verdict.warnings,
+        )
+        Actor.log.error(verdict.message)
     if not crawl_input.is_child:  # the runs have ended: one result set, each page once
         merged = await merge_results(crawl_input, supervisor.children)
         await Actor.set_value('OUTPUT', summary | merged.to_summary())

@@ -17,10 +17,11 @@ from ._records import FORMAT_VERSION
 from ._request_manager import SharedRequestManager
 from ._shared_map import SharedMap, SyncMode
 from ._stats import RunStats, SharingStats, SyncResult
-from ._urls import FAILED, PROCESSED, SKIPPED, map_key
+from ._urls import DONE, FAILED, PROCESSED, SKIPPED, map_key, map_key_of
 from ._values import ENQUEUED
 
 __all__ = [
+    'DONE',
     'ENQUEUED',
     'FAILED',
     'FORMAT_VERSION',
@@ -42,6 +43,7 @@ __all__ = [
     'check_connection',
     'check_store_name',
     'map_key',
+    'map_key_of',
     'open_store',
     'storage_client_for',
 ]

@@ -17,7 +17,7 @@ from typing_extensions import override
 from ._errors import SharedMapError
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
-from ._urls import DONE, FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
+from ._urls import FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
@@ -188,19 +188,6 @@ class SharedRequestManager(SharedFrontier):
             self.stats.known_skipped += 1
             return True
         return False
-
-    def mark_processed(self, urls: Iterable[str]) -> int:
-        """Record pages whose results already exist (e.g. in a dataset kept from an earlier attempt) as processed.
-
-        No run fetches them again, and they count towards the page limit. Returns how many were not yet done.
-        """
-        marked = 0
-        for url in urls:
-            key = map_key(url)
-            if self._shared.get(key) not in DONE:
-                self._shared[key] = PROCESSED
-                marked += 1
-        return marked
 
     unsaved_changes = 0
     """Changes the store did not take when the crawl was closed (see `open_crawl`); 0 when all were saved."""
