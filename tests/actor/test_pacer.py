@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 from src.paced_request_manager import MAX_PACE_WAIT_SECS, Pacer
@@ -16,10 +15,12 @@ async def test_turns_are_spaced_by_the_share_of_the_live_runs() -> None:
         live[0] = 1 if turn < 4 else 3  # two more runs join: this run's share drops to a third
         assert await pacer.take_turn() is not None
         times.append(time.monotonic())
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    # A turn is never earlier than its interval after the one before (the interval set when that one was taken).
-    assert all(gap >= 0.1 - 0.005 for gap in gaps[:4]), gaps
-    assert all(gap >= 0.3 - 0.005 for gap in gaps[4:]), gaps
+    # Turn i is never earlier than the intervals of the turns before it, each set when that turn was taken. (Not
+    # each gap: the pacer keeps its cadence, so a turn woken late on a loaded machine is followed by a shorter gap;
+    # the rate over any run of turns is what the limit is about.)
+    intervals = [0.1] * 4 + [0.3] * 4
+    for i in range(1, len(times)):
+        assert times[i] - times[0] >= sum(intervals[:i]) - 0.005, (i, times)
 
 
 async def test_a_turn_given_back_is_taken_again_at_once() -> None:
