@@ -48,6 +48,8 @@ _PER_RUN_VARIABLES = frozenset(
     }
 )
 _ANSI = re.compile(r'\x1b\[[0-9;]*m')
+OK = 'ok'
+_PLATFORM_STATUS = {'SUCCEEDED': OK, 'ABORTED': 'stopped (aborted)', 'TIMED-OUT': 'failed (timed out)'}
 
 
 @dataclass
@@ -94,6 +96,31 @@ class ChildRun:
         lines = (self.storage_dir / 'log.txt').read_text(errors='replace').splitlines()
         errors = [_ANSI.sub('', line).strip() for line in lines if 'ERROR' in line or 'Error' in line]
         return errors[-1] if errors else None
+
+
+def status_of(exit_code: int | None, platform_status: str | None = None) -> str:
+    """`ok`, `stopped (SIGTERM)`, `killed (SIGKILL)` or `failed (exit N)`, from a process's exit code.
+
+    A run stopped cleanly by a signal exits with 128 + the signal's number (`judge()` in `src/summary.py`); a
+    negative code is a process killed by that signal without a chance to clean up.
+    """
+    if exit_code is None:
+        return _PLATFORM_STATUS.get(platform_status or '', f'failed ({(platform_status or "unknown").lower()})')
+    if exit_code == 0:
+        return OK
+    if exit_code < 0:
+        return f'killed ({signal_name(-exit_code)})'
+    if exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return f'stopped ({signal_name(exit_code - 128)})'
+    return f'failed (exit {exit_code})'
+
+
+def signal_name(signum: int) -> str:
+    """The name of signal `signum` (`SIGTERM`), or `signal N` for a number Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f'signal {signum}'
 
 
 def child_input(crawl_input: CrawlerInput, parent_run_id: str, local_storage: Path | None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ script or the platform sees what happened.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from apify import Actor
 from crawlee.crawlers import BasicCrawler
 from crawlee.storages import KeyValueStore
 
-from .fanout import PROJECT_ROOT, SUMMARY_PREFIX, ChildRun
+from .fanout import OK, PROJECT_ROOT, SUMMARY_PREFIX, ChildRun, signal_name, status_of
 from .results import merge_results
 from .shared_map import PROCESSED
 
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
     from .shared_map import SharedRequestManager
     from .supervisor import Supervisor
 
-OK = 'ok'
-_PLATFORM_STATUS = {'SUCCEEDED': OK, 'ABORTED': 'stopped (aborted)', 'TIMED-OUT': 'failed (timed out)'}
 _COUNTS = ['pagesFailed', 'knownSkipped', 'handedOver', 'takenOver', 'skippedBeforeFetch', 'syncs', 'storeOperations']
 
 
@@ -39,23 +36,6 @@ class Verdict:
     exit_code: int
     message: str
     warnings: list[str] = field(default_factory=list)
-
-
-def status_of(exit_code: int | None, platform_status: str | None = None) -> str:
-    """`ok`, `stopped (SIGTERM)`, `killed (SIGKILL)` or `failed (exit N)`, from a process's exit code.
-
-    Runs stopped cleanly by a signal exit with 128 + the signal's number (see `src/stopping.py`); a negative code is
-    a process killed by that signal without a chance to clean up.
-    """
-    if exit_code is None:
-        return _PLATFORM_STATUS.get(platform_status or '', f'failed ({(platform_status or "unknown").lower()})')
-    if exit_code == 0:
-        return OK
-    if exit_code < 0:
-        return f'killed ({_signal_name(-exit_code)})'
-    if exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        return f'stopped ({_signal_name(exit_code - 128)})'
-    return f'failed (exit {exit_code})'
 
 
 async def child_row(child: ChildRun, store: KeyValueStore) -> dict[str, Any]:
@@ -181,7 +161,7 @@ def judge(rows: list[dict[str, Any]], *, whole_crawl: bool, stopped_by: int | No
             f'{failed_pages} {noun} failed after all retries' + (f': {"; ".join(errors)}' if errors else '.')
         )
     if stopped_by is not None:
-        name = _signal_name(stopped_by)
+        name = signal_name(stopped_by)
         return Verdict(128 + stopped_by, f'Stopped by {name} after {pages} pages. {resume_hint()}', warnings)
     in_crawl = max(pages, rows[0].get('processedInCrawl') or 0)
     if whole_crawl and pages == 0 and in_crawl:
@@ -233,10 +213,3 @@ def summary_table(summaries: list[dict[str, Any]]) -> str:
 
 def _cell(value: object) -> str:
     return '-' if value is None else str(value)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f'signal {signum}'

@@ -22,9 +22,8 @@ from typing import Any, TypeVar
 
 from crawlee.crawlers import BasicCrawler
 
-from .fanout import ChildRun, fan_out
+from .fanout import OK, ChildRun, fan_out, status_of
 from .input import CrawlerInput
-from .summary import OK, status_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar('T')

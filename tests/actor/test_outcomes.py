@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from src.demo.site import serve_site
-from src.fanout import child_env
-from src.summary import judge, status_of
+from src.fanout import child_env, status_of
+from src.summary import judge
 from tests.actor.project import (
     child_pids,
     copy_project,
