@@ -100,7 +100,7 @@ class PacedRequestManager(ForwardingRequestManager):
             turn = None
             if self._pacer is not None and (turn := await self._pacer.take_turn()) is None:
                 return None  # not this run's turn yet: crawlee asks again
-            request = await self._inner.fetch_next_request()
+            request = await self.inner.fetch_next_request()
             if request is not None and self._allows(request.url):
                 return request
             if self._pacer is not None and turn is not None:
@@ -109,4 +109,4 @@ class PacedRequestManager(ForwardingRequestManager):
                 return None
             logger.info('Skipping %s: excluded by the globs of the input.', request.url)
             request.state = RequestState.SKIPPED
-            await self._inner.mark_request_as_handled(request)
+            await self.inner.mark_request_as_handled(request)

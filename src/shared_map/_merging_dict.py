@@ -47,6 +47,11 @@ class MergingDict(dict[str, Any]):
         self._reverts: dict[str, tuple[Any, int] | Any] = {}  # local `enqueued` over a winning value -> that value
 
     @property
+    def clock(self) -> HybridClock:
+        """The clock that stamps this map's changes and observes the stamps it merges."""
+        return self._clock
+
+    @property
     def pending(self) -> int:
         """Number of local changes not yet published."""
         return len(self._dirty)

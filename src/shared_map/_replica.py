@@ -15,6 +15,7 @@ from ._merging_dict import MergingDict
 from ._records import Chunk, CorruptRecordError, Manifest, split_entries
 
 if TYPE_CHECKING:
+    from ._compaction import Compactor
     from ._liveness import RunsSeen
     from ._stats import SyncResult
     from ._store import Listing, RecordStore
@@ -49,6 +50,16 @@ class Replica(MergingDict):
         self._next_seq = 1
         self._last_log_written = float('-inf')
 
+    @property
+    def records(self) -> RecordStore:
+        """The records this replica reads and writes."""
+        return self._records
+
+    @property
+    def runs_seen(self) -> RunsSeen:
+        """The runs this replica has seen in the records it read."""
+        return self._runs
+
     def caught_up(self, result: SyncResult) -> bool:
         """Whether the last read saw every record it listed, and every readable snapshot it lacks is loaded.
 
@@ -76,12 +87,12 @@ class Replica(MergingDict):
             chunks = list(split) or [Chunk()]
             for index, chunk in enumerate(chunks):
                 # Each record gets its own, larger stamp: a reader then merges each one wholesale (the "newest" path).
-                stamp = self._clock.tick()
+                stamp = self.clock.tick()
                 chunk.restamp(stamp)
                 seq = self._next_seq
                 self._next_seq += 1  # Never reuse a key: a failed write may still have landed; records are immutable.
                 final_record = final and index == len(chunks) - 1
-                body = chunk.log_body(run=self.run_id, seq=seq, written_at=self._clock.wall(), final=final_record)
+                body = chunk.log_body(run=self.run_id, seq=seq, written_at=self.clock.wall(), final=final_record)
                 await self._records.put(self._records.keys.log(self._writer, seq), body)
                 self._had.setdefault(self._writer, SeqSet()).add(seq)
                 self._last_log_written = time.monotonic()
@@ -143,6 +154,12 @@ class Replica(MergingDict):
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
             listing = await self._records.list()
         return False
+
+    async def compact(self, compactor: Compactor, listing: Listing, result: SyncResult) -> None:
+        """Let `compactor` fold the logs into a snapshot of what this replica merged, beside the snapshots it knows."""
+        await compactor.compact(
+            listing, result, had=self._had, manifests=self._manifests, entries=self.snapshot_entries
+        )
 
     async def _load_snapshot(self, manifest: Manifest, result: SyncResult) -> None:
         for part in manifest.parts:

@@ -141,19 +141,20 @@ class SharedMap(Replica):
             self._keys,
             max_record_bytes=max_record_bytes,
         )
+        hybrid_clock = HybridClock(wall)
         super().__init__(
             records,
             run_id=run_id,
             incarnation=incarnation,
-            clock=HybridClock(wall),
+            clock=hybrid_clock,
             runs=RunsSeen(run_id, wall),
             record_size=record_size,
             heartbeat_secs=heartbeat_secs,
         )
         self._compactor = Compactor(
-            self._records,
+            records,
             run_id=run_id,
-            clock=self._clock,
+            clock=hybrid_clock,
             record_size=record_size,
             compact_after_records=compact_after_records,
             compact_after_bytes=compact_after_bytes,
@@ -161,7 +162,7 @@ class SharedMap(Replica):
             orphan_age_ms=int(orphan_age_secs * 1000),
         )
         self._run_record = RunRecord(
-            self._records, run_id=run_id, interval_secs=run_record_interval_secs, wall_ms=wall, stats=self.stats
+            records, run_id=run_id, interval_secs=run_record_interval_secs, wall_ms=wall, stats=self.stats
         )
         self._initialized = False
         self._closed = False
@@ -236,11 +237,11 @@ class SharedMap(Replica):
         if self._initialized:
             return
         quiet_expected_races()
-        listing = await self._records.list()
+        listing = await self.records.list()
         for key in listing.initial:
-            await load_seed_record(self._records.store, key, initial=True, merge_one=self.merge_one)
+            await load_seed_record(self.records.store, key, initial=True, merge_one=self.merge_one)
         for key in listing.legacy_state:
-            await load_seed_record(self._records.store, key, initial=False, merge_one=self.merge_one)
+            await load_seed_record(self.records.store, key, initial=False, merge_one=self.merge_one)
         result = SyncResult()
         if not await self.read_whole(listing, result, attempts=_INIT_ATTEMPTS):
             self.stats.add(result, is_sync=False)
@@ -369,7 +370,7 @@ class SharedMap(Replica):
     @property
     def store(self) -> KeyValueStore:
         """The key-value store the map syncs through."""
-        return self._records.store.inner
+        return self.records.store.inner
 
     def live_runs(self, dead_after_secs: float) -> list[str]:
         """The runs that published a record within `dead_after_secs` and did not finish, this one included.
@@ -377,7 +378,7 @@ class SharedMap(Replica):
         Seen through the log records this run has read (writers with `heartbeat_secs` write one at least that
         often), timed on this run's own clock, so clock skew between machines does not matter.
         """
-        live = self._runs.live(dead_after_secs)
+        live = self.runs_seen.live(dead_after_secs)
         if not self._closed:
             live.add(self.run_id)
         return sorted(live)
@@ -385,7 +386,7 @@ class SharedMap(Replica):
     @property
     def finished_runs(self) -> list[str]:
         """The runs whose final record (written by `close()`) this run has read."""
-        return self._runs.finished()
+        return self.runs_seen.finished()
 
     # ------------------------------------------------------------------ one sync
 
@@ -413,7 +414,7 @@ class SharedMap(Replica):
                 await self._publish_first_pending()
                 await self.write_phase(result, final=final)  # 1. publish this run's changes
                 if mode == 'full':
-                    listing = await self._records.list()  # 2. read what others published
+                    listing = await self.records.list()  # 2. read what others published
                     await self.read_phase(listing, result)
                     for _ in range(_READ_RETRIES):
                         # A record vanished between listing and reading: a compaction folded it into a snapshot
@@ -421,13 +422,11 @@ class SharedMap(Replica):
                         missing, result.records_missing = result.records_missing, 0
                         if not missing:
                             break
-                        listing = await self._records.list()
+                        listing = await self.records.list()
                         await self.read_phase(listing, result)
                     self.apply_reverts()
                     if self._compactor.due(listing) and self.caught_up(result):  # 3. fold logs into a snapshot
-                        await self._compactor.compact(
-                            listing, result, had=self._had, manifests=self._manifests, entries=self.snapshot_entries
-                        )
+                        await self.compact(self._compactor, listing, result)
             except SharedMapError:
                 self.stats.sync_errors += 1
                 raise
