@@ -1,11 +1,15 @@
 """Input options deciding which URLs are crawled and how: URL lists, sitemaps, globs, robots.txt, rate, proxy.
 
 `prepare_crawl_options()` turns the validated input into a `CrawlOptions`: the start URLs (with those of
-`requestsFromUrl` lists and sitemaps), the crawler's options (robots.txt, proxy), what `src/routes.py` passes to
-`enqueue_links` (`link_options()`), and `CrawlOptions.wrap()`: a request manager around the shared one that applies
-the same link rules to every request this run is about to fetch, including URLs taken over from the shared map
-(queued by a run with other options, e.g. an earlier attempt of a resumed crawl), and that paces this run's fetches
-to its share of `maxRequestsPerMinute` (`src/paced_request_manager.py`).
+`requestsFromUrl` lists and sitemaps), the crawler's options (`crawler_kwargs()`: concurrency, retries, robots.txt,
+proxy, and the request handler made to follow the input's link rules), and `CrawlOptions.wrap()`: a request manager
+around the shared one that applies the same link rules to every request this run is about to fetch, including URLs
+taken over from the shared map (queued by a run with other options, e.g. an earlier attempt of a resumed crawl), and
+that paces this run's fetches to its share of `maxRequestsPerMinute` (`src/paced_request_manager.py`).
+
+The link rules travel with the objects built from them (the request handler and the request manager), never
+through module state: what a handler's `context.enqueue_links()` does is decided by the options the crawler was
+built with.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from apify import Actor
-from crawlee import Glob
+from crawlee import ConcurrencySettings, Glob
 from crawlee.http_clients import HttpClient, ImpitHttpClient
 from crawlee.request_loaders import SitemapRequestLoader
 
@@ -28,14 +32,17 @@ from .paced_request_manager import PacedRequestManager, Pacer
 from .shared_map import map_key
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from apify import ProxyConfiguration
     from crawlee import RequestOptions, RequestTransformAction
+    from crawlee.crawlers import BeautifulSoupCrawlingContext
     from crawlee.request_loaders import RequestManager
 
     from .input import CrawlerInput
     from .shared_map import SharedRequestManager
+
+    Handler = Callable[[BeautifulSoupCrawlingContext], Awaitable[None]]  # the template's `Router`, or a function
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,11 @@ SITEMAPS_TIMEOUT_SECS = 300.0
 SITEMAP_IN_ROBOTS = re.compile(r'^\s*sitemap\s*:\s*(\S+)', re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass
+_LINK_OPTIONS = frozenset({'strategy', 'include', 'exclude'})
+"""`enqueue_links` options that say which links to follow: a call that passes one decides for itself."""
+
+
+@dataclass(frozen=True)
 class LinkRules:
     """Which links are followed: those matching a glob (without globs: links to the same host), minus excluded ones."""
 
@@ -76,6 +87,21 @@ class LinkRules:
     def _skip_known(self, options: RequestOptions) -> RequestOptions | RequestTransformAction:
         return 'skip' if self.is_known is not None and self.is_known(options['url']) else 'unchanged'
 
+    def applied_to(self, handler: Handler) -> Handler:
+        """`handler`, given crawling contexts whose `enqueue_links` follows these rules.
+
+        `context.enqueue_links()` then follows the links these rules allow; a call that passes its own `strategy`,
+        `include` or `exclude` decides for itself (the requests it enqueues are still checked before they are
+        fetched, `CrawlOptions.allows()`). With `is_known`, links the shared map already has are dropped before
+        crawlee builds a `Request` for them (most links of a page, on a site whose pages share their navigation),
+        unless the call passes its own `transform_request_function`.
+        """
+
+        async def handle(context: BeautifulSoupCrawlingContext) -> None:
+            await handler(replace(context, enqueue_links=_EnqueueLinksByRules(context.enqueue_links, self)))
+
+        return handle
+
     def excludes(self, url: str) -> bool:
         """Whether a request for `url` must not be fetched: it matches an excluded glob, or no glob at all.
 
@@ -86,16 +112,22 @@ class LinkRules:
         return bool(self.include) and not any(glob.regexp.match(url) for glob in self.include)
 
 
-_link_rules = LinkRules()
+class _EnqueueLinksByRules:
+    """A context's `enqueue_links`, with the link rules as the default of the options a call does not pass."""
 
+    def __init__(self, enqueue_links: Callable[..., Coroutine[None, None, None]], rules: LinkRules) -> None:
+        self._enqueue_links = enqueue_links
+        self._rules = rules
 
-def link_options() -> dict[str, Any]:
-    """What the request handler passes to `context.enqueue_links`: this run's link rules, from its input.
-
-    With a shared map, links to URLs it already has are dropped before crawlee builds a `Request` for them (most
-    links of a page, on a site whose pages share their navigation).
-    """
-    return _link_rules.enqueue_links_options()
+    def __call__(self, **options: Any) -> Coroutine[None, None, None]:
+        if options.get('requests') is None:  # the page's links (explicit requests take no link options)
+            defaults = self._rules.enqueue_links_options()
+            if _LINK_OPTIONS & options.keys():
+                defaults = {k: v for k, v in defaults.items() if k not in _LINK_OPTIONS}
+            if options.get('transform_request_function') is not None:
+                defaults.pop('transform_request_function', None)
+            options = defaults | options
+        return self._enqueue_links(**options)
 
 
 @dataclass
@@ -105,7 +137,7 @@ class CrawlOptions:
     links: LinkRules
     start_urls: list[str]
     crawler_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of the crawler (`BeautifulSoupCrawler`)."""
+    """Keyword arguments of the crawler (`BeautifulSoupCrawler`) but its request handler: see `crawler_kwargs()`."""
     max_requests_per_minute: int | None = None
     _start_keys: set[str] = field(default_factory=set)
 
@@ -116,12 +148,19 @@ class CrawlOptions:
         """Whether `url` may be fetched: a start URL always (as in Apify's crawlers), others unless excluded."""
         return not self.links.excludes(url) or map_key(url) in self._start_keys
 
-    def wrap(self, manager: SharedRequestManager) -> RequestManager:
-        """`manager`, made to skip the requests these options exclude before they are fetched, and paced.
+    def crawler_kwargs(self, router: Handler, *, is_known: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """Keyword arguments of the crawler: these options, and `router` following the link rules.
 
-        Also makes `link_options()` drop the links `manager` already knows.
+        Args:
+            router: The request handler (the template's `Router`).
+            is_known: Whether the shared map already has a URL (`SharedRequestManager.is_known`): such links are
+                dropped before crawlee builds a `Request` for them.
         """
-        self.links.is_known = manager.is_known
+        links = self.links if is_known is None else replace(self.links, is_known=is_known)
+        return {**self.crawler_options, 'request_handler': links.applied_to(router)}
+
+    def wrap(self, manager: SharedRequestManager) -> RequestManager:
+        """`manager`, made to skip the requests these options exclude before they are fetched, and paced."""
         pacer = None
         if self.max_requests_per_minute:
             pacer = Pacer(self.max_requests_per_minute, live_runs=lambda: len(manager.live_runs))
@@ -129,13 +168,12 @@ class CrawlOptions:
 
 
 async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
-    """The options of this run; also installs its link rules for `link_options()`.
+    """The options of this run.
 
     Raises:
         InputError: an option cannot be applied (the message says what to fix).
     """
-    global _link_rules  # the template's router is a module-level object: it reads them from here
-    _link_rules = LinkRules.from_input(crawl_input)
+    links = LinkRules.from_input(crawl_input)
     start_urls = list(crawl_input.start_urls)
     if crawl_input.start_url_lists:
         client = ImpitHttpClient()
@@ -147,18 +185,26 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
             len(start_urls) - len(crawl_input.start_urls),
         )
     if crawl_input.use_sitemaps:
-        found = await read_sitemaps(start_urls, _link_rules, ImpitHttpClient())
+        found = await read_sitemaps(start_urls, links, ImpitHttpClient())
         start_urls += found
         logger.info(
             'useSitemaps: %d URLs from the sitemaps of %d start URLs.', len(found), len(start_urls) - len(found)
         )
     # crawlee reads each site's robots.txt once per run; it drops disallowed links in `enqueue_links` and skips a
     # disallowed request just before fetching it (one taken over from the map too), marking it handled: `skipped`.
-    crawler_options: dict[str, Any] = {'respect_robots_txt_file': crawl_input.respect_robots_txt_file}
+    crawler_options: dict[str, Any] = {  # as in the official template, plus robots.txt and proxy
+        'max_request_retries': crawl_input.max_request_retries,
+        'retry_on_blocked': crawl_input.retry_on_blocked,
+        'max_crawl_depth': crawl_input.max_crawl_depth,
+        'concurrency_settings': ConcurrencySettings(
+            max_concurrency=crawl_input.max_concurrency, desired_concurrency=min(10, crawl_input.max_concurrency)
+        ),
+        'respect_robots_txt_file': crawl_input.respect_robots_txt_file,
+    }
     if crawl_input.proxy_configuration is not None:
         crawler_options['proxy_configuration'] = await _proxy_configuration(crawl_input.proxy_configuration)
     return CrawlOptions(
-        links=_link_rules,
+        links=links,
         start_urls=list(dict.fromkeys(start_urls)),
         crawler_options=crawler_options,
         max_requests_per_minute=crawl_input.max_requests_per_minute,

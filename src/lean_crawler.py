@@ -7,7 +7,7 @@ match almost none). Here links are found with `find_all`, and the blocked-page c
 elements those selectors can match (an `iframe`, or the element with id `infoDiv0`) in one pass; only a page that
 has one runs crawlee's own check. The results are exactly crawlee's (`tests/actor/test_lean_crawler.py` compares them).
 
-Known links are dropped before crawlee builds a `Request` for them by `link_options()` (`src/crawl_options.py`).
+Known links are dropped before crawlee builds a `Request` for them by `LinkRules` (`src/crawl_options.py`).
 """
 
 from __future__ import annotations

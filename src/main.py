@@ -1,23 +1,20 @@
 """A BeautifulSoup crawler whose parallel runs share URL state through a shared map in a named key-value store.
 
-Read this file top to bottom: it is the template. The distributed work lives in `src/shared_map/` behind
-`SharedRequestManager`: the run's request queue, made to skip what other runs know and to fetch only the URLs this
-run owns, with the shared map (URL -> status, synced through the named store) behind it. `docs/architecture.md`
-follows one URL through it.
+The official Apify template (`async with Actor:`, the input, a `Router`, `crawler.run`) plus the lines that make
+the crawl shared: `Supervisor.fan_out` starts the other runs, and `SharedRequestManager` (`src/shared_map/`) is the
+run's request queue, made to skip what other runs know and to fetch only the URLs this run owns. The input's options
+are prepared in `src/crawl_options.py`; `docs/architecture.md` follows one URL through it all.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 from apify import Actor
-from crawlee import ConcurrencySettings
 
 from .baseline import crawl_without_sharing
-from .crawl_options import CrawlOptions
-from .input import CrawlerInput, exit_if_input_file_is_invalid
+from .input import exit_if_input_file_is_invalid
 from .lean_crawler import LeanBeautifulSoupCrawler
 from .page_items import PageItems
 from .preflight import read_input
@@ -38,9 +35,7 @@ async def main() -> None:
         run_id = Actor.configuration.actor_run_id or f'local-{uuid.uuid4().hex[:8]}'
         async with Supervisor.fan_out(crawl_input, run_id) as supervisor:  # the other runs; Ctrl-C stops them all
             if not crawl_input.use_shared_map:
-                await crawl_without_sharing(
-                    crawl_input, options, run_id, supervisor, crawler_options(crawl_input, options, PageItems())
-                )
+                await crawl_without_sharing(crawl_input, options, run_id, supervisor, router)
                 return
             started = time.monotonic()
             async with SharedRequestManager.open_crawl(
@@ -53,29 +48,13 @@ async def main() -> None:
                 with_depths=crawl_input.max_crawl_depth is not None,
                 max_processed=crawl_input.max_requests_per_crawl,
             ) as manager:
-                # keep_alive: an empty queue does not end the run while other runs may still hand URLs over to it.
                 pages = PageItems()  # each item records its page: a resumed run fetches again what it cannot vouch for
                 crawler = LeanBeautifulSoupCrawler(  # BeautifulSoupCrawler, less CPU per page (src/lean_crawler.py)
-                    request_manager=options.wrap(manager),
-                    keep_alive=True,
-                    **crawler_options(crawl_input, options, pages),
+                    request_manager=options.wrap(manager),  # skips excluded URLs, paces to maxRequestsPerMinute
+                    keep_alive=True,  # an empty queue does not end the run: other runs may still hand URLs over
+                    **options.crawler_kwargs(pages.wrap(router), is_known=manager.is_known),  # known links: no requests
                 )
                 await pages.resume(manager.shared)  # a resumed run: its dataset's pages not done in the store
                 await supervisor.wait_unless_stopped(manager.wait_for_runs())
                 await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)
-
-
-def crawler_options(crawl_input: CrawlerInput, options: CrawlOptions, pages: PageItems) -> dict[str, Any]:
-    """The crawler's options from the input, as in the official template."""
-    return {
-        'request_handler': pages.wrap(router),
-        'max_request_retries': crawl_input.max_request_retries,
-        'retry_on_blocked': crawl_input.retry_on_blocked,
-        'max_crawl_depth': crawl_input.max_crawl_depth,
-        'concurrency_settings': ConcurrencySettings(
-            max_concurrency=crawl_input.max_concurrency,
-            desired_concurrency=min(10, crawl_input.max_concurrency),
-        ),
-        **options.crawler_options,  # robots.txt, proxy
-    }

@@ -5,8 +5,6 @@ from __future__ import annotations
 from crawlee.crawlers import BeautifulSoupCrawlingContext
 from crawlee.router import Router
 
-from .crawl_options import link_options
-
 router = Router[BeautifulSoupCrawlingContext]()
 
 
@@ -27,5 +25,5 @@ async def default_handler(context: BeautifulSoupCrawlingContext) -> None:
             'depth': context.request.crawl_depth,
         }
     )
-    # strategy='same-hostname', or the input's `globs`; minus its `excludeGlobs` (see src/crawl_options.py)
-    await context.enqueue_links(**link_options())
+    # The links of the input's rules: same host, or its `globs`; minus its `excludeGlobs` (src/crawl_options.py)
+    await context.enqueue_links()

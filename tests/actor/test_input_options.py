@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from crawlee.crawlers import BeautifulSoupCrawler
+from crawlee.storage_clients import MemoryStorageClient
+from crawlee.storages import RequestQueue
 
-from src.crawl_options import LinkRules
+from src.crawl_options import LinkRules, prepare_crawl_options
+from src.demo.site import RunningSite, serve_site
 from src.input import KNOWN_FIELDS, CrawlerInput, InputError
+from src.routes import router
 
 START = {'startUrls': [{'url': 'https://example.com/'}]}
 
@@ -133,3 +139,26 @@ def test_use_sitemaps_is_a_boolean_off_by_default() -> None:
     assert CrawlerInput.parse({**START, 'useSitemaps': True}).use_sitemaps is True
     with pytest.raises(InputError, match='useSitemaps must be true or false'):
         CrawlerInput.parse({**START, 'useSitemaps': 1})
+
+
+async def test_each_crawler_follows_the_link_rules_it_was_built_with() -> None:
+    """The rules travel with the crawler's options: preparing other options later does not change an earlier crawl."""
+    site = serve_site(40, delay_secs=0)
+    try:
+        only_start = await prepare_crawl_options(CrawlerInput.parse(_input(site, excludeGlobs=[f'{site.url}**'])))
+        follow_all = await prepare_crawl_options(CrawlerInput.parse(_input(site)))  # prepared last
+        fetched: dict[str, int] = {}
+        for name, options in (('only_start', only_start), ('follow_all', follow_all)):
+            queue = await RequestQueue.open(alias=name, storage_client=MemoryStorageClient())
+            crawler = BeautifulSoupCrawler(
+                request_manager=queue, max_requests_per_crawl=5, **options.crawler_kwargs(router)
+            )
+            await crawler.run(options.start_urls)
+            fetched[name] = crawler.statistics.state.requests_finished
+    finally:
+        site.stop()
+    assert fetched == {'only_start': 1, 'follow_all': 5}, 'each crawl followed the links of its own excludeGlobs'
+
+
+def _input(site: RunningSite, **extra: Any) -> dict[str, Any]:
+    return {'startUrls': [{'url': site.url}], 'maxConcurrency': 2, **extra}

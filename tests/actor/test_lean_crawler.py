@@ -1,4 +1,4 @@
-"""The lean page path (`src/lean_crawler.py`, `link_options()`): crawlee's results, with less work per page."""
+"""The lean page path (`src/lean_crawler.py`, `LinkRules.is_known`): crawlee's results, with less work per page."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from bs4 import BeautifulSoup
 from crawlee import Request
 from crawlee.crawlers._beautifulsoup._beautifulsoup_parser import BeautifulSoupParser
 
-from src.crawl_options import link_options, prepare_crawl_options
+from src.crawl_options import prepare_crawl_options
 from src.demo.site import LONG_SEGMENT, UNICODE_PATH, serve_site
 from src.input import CrawlerInput
 from src.lean_crawler import LeanBeautifulSoupCrawler, LeanSoupParser
@@ -75,9 +75,10 @@ async def test_known_links_never_become_requests(tmp_path: Path, monkeypatch: py
             'lean-crawl', connection=f'file://{tmp_path}', run_id='lean', sync_interval_secs=0.5, dead_after_secs=2
         ) as manager:
             crawler = LeanBeautifulSoupCrawler(
-                request_manager=options.wrap(manager), keep_alive=True, request_handler=router
+                request_manager=options.wrap(manager),
+                keep_alive=True,
+                **options.crawler_kwargs(router, is_known=manager.is_known),
             )
-            assert 'transform_request_function' in link_options()
             await manager.wait_for_runs()
             await manager.run(crawler, options.start_urls)
             stats = site.stats.snapshot()
