@@ -24,6 +24,7 @@ from crawlee.crawlers import BasicCrawler
 
 from .fanout import OK, ChildRun, fan_out, status_of
 from .input import CrawlerInput
+from .shared_map import RecurringTask
 
 logger = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -46,7 +47,7 @@ class Supervisor:
         self._stop_requested = asyncio.Event()
         self._child_exited = asyncio.Event()
         self._reported: set[str] = set()
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: RecurringTask | None = None
         self.stop_signal: int | None = None
         """The signal that stopped this run, if one did."""
 
@@ -70,15 +71,19 @@ class Supervisor:
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         if self._watcher is None and any(child.process is not None for child in self._children):
-            self._watcher = asyncio.create_task(self._watch_children(), name='watch-child-runs')
+            self._watcher = RecurringTask(
+                self._check_children,
+                interval_secs=WATCH_INTERVAL_SECS,
+                name='watch-child-runs',
+                what='Watching the child runs',
+            )
+            self._watcher.start()
 
     async def close(self) -> None:
         """Stop watching the children (the signal handlers stay until the process exits)."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await watcher.stop()
 
     @property
     def children(self) -> list[ChildRun]:
@@ -157,20 +162,18 @@ class Supervisor:
             os._exit(128 + signum)
         logger.info(f'{name} received: already stopping.')
 
-    async def _watch_children(self) -> None:
+    async def _check_children(self) -> None:
         # Say at once when a child run ends early, with the reason from its log, instead of only in the final table.
-        while True:
-            for child in self._children:
-                code = child.process.poll() if child.process is not None else None
-                if code is None or child.run_id in self._reported:
-                    continue
-                self._reported.add(child.run_id)
-                self._child_exited.set()
-                status = status_of(code)
-                if status != OK and not self.stop_requested:
-                    error = child.last_error()
-                    logger.warning(
-                        f'Run {child.run_id} ended early: {status}' + (f' ({error})' if error else '') + '. '
-                        f'Its log: {child.storage_dir}/log.txt. The other runs take over its URLs.'
-                    )
-            await asyncio.sleep(WATCH_INTERVAL_SECS)
+        for child in self._children:
+            code = child.process.poll() if child.process is not None else None
+            if code is None or child.run_id in self._reported:
+                continue
+            self._reported.add(child.run_id)
+            self._child_exited.set()
+            status = status_of(code)
+            if status != OK and not self.stop_requested:
+                error = child.last_error()
+                logger.warning(
+                    f'Run {child.run_id} ended early: {status}' + (f' ({error})' if error else '') + '. '
+                    f'Its log: {child.storage_dir}/log.txt. The other runs take over its URLs.'
+                )

@@ -13,6 +13,7 @@ from ._backends import (
 )
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
 from ._forwarding import ForwardingRequestManager
+from ._periodic import RecurringTask
 from ._records import FORMAT_VERSION
 from ._request_manager import SharedRequestManager
 from ._shared_map import SharedMap, SyncMode
@@ -30,6 +31,7 @@ __all__ = [
     'SKIPPED',
     'ForwardingRequestManager',
     'InvalidOptionError',
+    'RecurringTask',
     'RunStats',
     'SharedMap',
     'SharedMapError',

@@ -1,43 +1,112 @@
-"""One helper for periodic background work (the map's background sync, the request manager's loop)."""
+"""One helper for recurring background work, with one policy for errors and cancellation.
+
+Used by `SharedMap.start_background_sync()` and by the actor's `Supervisor` (`src/supervisor.py`), which watches its
+child runs. Like crawlee's `RecurringTask` (`crawlee._utils.recurring_task`, private to crawlee), but it pauses
+before each call, tells expected failures from bugs, and never cancels a call half-way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import SharedMapError
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
 logger = logging.getLogger(__name__)
 
-# Failures a store can cause; logged as a warning and retried at the next tick. Anything else is logged in full.
+# Failures a store can cause; logged as a warning and retried at the next call. Anything else is logged in full.
 EXPECTED_ERRORS = (SharedMapError, OSError, RuntimeError, ValueError)
 
 
-def start_periodic(
-    interval_secs: float, action: Callable[[], Awaitable[object]], *, name: str, what: str
-) -> asyncio.Task[None]:
-    """Run `action` every `interval_secs` in a task until it is cancelled; a failure is logged and retried.
+class RecurringTask:
+    """Calls `action` again and again in a background task, pausing `interval_secs` before each call.
 
-    Args:
-        interval_secs: Pause before each call.
-        action: The work; an exception it raises never ends the loop.
-        name: The task's name.
-        what: What the action is, for log messages (e.g. "Shared map sync").
+    Errors: an exception `action` raises never ends the task. An expected one (`EXPECTED_ERRORS`: a store that
+    failed) is logged as a warning, anything else with its traceback; the next call comes after the pause.
+
+    Cancellation: `stop()` (or leaving `async with`) ends the task during a pause at once; a call in progress is
+    never cancelled half-way: `stop()` waits for it to finish, then the task ends. Cancelling the task that awaits
+    `stop()` still cancels everything.
+
+    Usage:
+        ```python
+        async with RecurringTask(shared.sync, interval_secs=10, name='sync', what='Shared map sync'):
+            ...  # the map syncs every 10 s meanwhile
+        ```
     """
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval_secs)
-            try:
-                await action()
-            except EXPECTED_ERRORS as exc:
-                logger.warning('%s failed, will retry in %.1f s: %s', what, interval_secs, exc)
-            except Exception:
-                logger.exception('%s failed unexpectedly, will retry in %.1f s', what, interval_secs)
+    def __init__(self, action: Callable[[], Awaitable[object]], *, interval_secs: float, name: str, what: str) -> None:
+        """Prepare the task; `start()` starts it.
 
-    return asyncio.create_task(loop(), name=name)
+        Args:
+            action: The work.
+            interval_secs: Pause before each call.
+            name: The asyncio task's name.
+            what: What the action is, for log messages (e.g. "Shared map sync").
+        """
+        self._action = action
+        self._interval_secs = interval_secs
+        self._name = name
+        self._what = what
+        self._task: asyncio.Task[None] | None = None
+        self._calling = False
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the task was started and has not ended."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the background task."""
+        if self.running:
+            raise RuntimeError(f'{self._what}: the recurring task is already running.')
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name=self._name)
+
+    async def stop(self) -> None:
+        """End the task: at once during a pause, else once the call in progress finishes."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if task is asyncio.current_task():
+            return  # called by the action itself: the loop ends when the action returns
+        if not self._calling:
+            await stop_task(task)
+            return
+        try:
+            await asyncio.wait([task])  # the call in progress finishes; then the loop ends
+        except asyncio.CancelledError:
+            await stop_task(task)  # the caller was cancelled (e.g. its time is up): so is the call in progress
+            raise
+
+    async def __aenter__(self) -> RecurringTask:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._interval_secs)
+            self._calling = True
+            try:
+                await self._action()
+            except EXPECTED_ERRORS as exc:
+                logger.warning('%s failed, will retry in %.1f s: %s', self._what, self._interval_secs, exc)
+            except Exception:
+                logger.exception('%s failed unexpectedly, will retry in %.1f s', self._what, self._interval_secs)
+            finally:
+                self._calling = False
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:

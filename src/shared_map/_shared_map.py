@@ -28,7 +28,7 @@ from ._compaction import Compactor
 from ._errors import InvalidOptionError, SharedMapError, SyncError
 from ._liveness import RunRecord, RunsSeen
 from ._options import MiB, check_options
-from ._periodic import start_periodic, stop_task
+from ._periodic import RecurringTask
 from ._records import Keys
 from ._replica import Replica
 from ._seeds import load_seed_record
@@ -167,7 +167,7 @@ class SharedMap(Replica):
         self._initialized = False
         self._closed = False
         self._sync_lock = asyncio.Lock()
-        self._sync_task: asyncio.Task[None] | None = None
+        self._background_sync: RecurringTask | None = None
         self._actor_events = ActorEvents()
         self._store_timeout = store_timeout_secs
         self._publish_first: SharedMap | None = None
@@ -311,34 +311,31 @@ class SharedMap(Replica):
     ) -> None:
         await self.close()
 
-    def start_background_sync(self, interval_secs: float = 10.0) -> asyncio.Task[None]:
+    def start_background_sync(self, interval_secs: float = 10.0) -> RecurringTask:
         """Sync every `interval_secs` in a background task until `stop_background_sync()` or `close()`.
 
-        A failing sync is logged and retried at the next tick; local state is never lost.
+        A failing sync is logged and retried at the next tick; local state is never lost (`RecurringTask`).
         """
         if interval_secs <= 0:
             raise InvalidOptionError(f'interval_secs must be positive, got {interval_secs}.')
         if self.background_sync_running:
             raise SharedMapError('A background sync is already running; stop it first.')
-        self._sync_task = start_periodic(
-            interval_secs, self.sync, name=f'shared-map-sync-{self.run_id}', what='Shared map sync'
+        self._background_sync = RecurringTask(
+            self.sync, interval_secs=interval_secs, name=f'shared-map-sync-{self.run_id}', what='Shared map sync'
         )
-        return self._sync_task
+        self._background_sync.start()
+        return self._background_sync
 
     @property
     def background_sync_running(self) -> bool:
         """Whether the background sync task is running."""
-        return self._sync_task is not None and not self._sync_task.done()
+        return self._background_sync is not None and self._background_sync.running
 
     async def stop_background_sync(self, *, final_sync: bool = True) -> None:
         """Stop the background task (waiting for a sync in progress) and, by default, sync once more."""
-        task, self._sync_task = self._sync_task, None
-        if task is not None:
-            try:
-                async with self._sync_lock:  # never cancel a sync half-way: let the one in progress finish...
-                    task.cancel()
-            finally:
-                await stop_task(task)  # ... unless this wait is itself cancelled (e.g. `close()`'s time is up)
+        background, self._background_sync = self._background_sync, None
+        if background is not None:
+            await background.stop()  # never cancels a sync half-way: the one in progress finishes
         if final_sync and not self._closed:
             await self.sync()
 
