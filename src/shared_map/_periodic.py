@@ -8,7 +8,9 @@ before each call, tells expected failures from bugs, and never cancels a call ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._errors import SharedMapError
@@ -26,6 +28,10 @@ EXPECTED_ERRORS = (SharedMapError, OSError, RuntimeError, ValueError)
 class RecurringTask:
     """Calls `action` again and again in a background task, pausing `interval_secs` before each call.
 
+    Pauses: `interval_secs` is a number of seconds from the end of one call (or the start) to the next, or an async
+    function that says how long to wait still (0 or less: call now). The function is asked again whenever the pause
+    it gave ends or `wake()` is called, so it can shorten or lengthen the pause as things change.
+
     Errors: an exception `action` raises never ends the task. An expected one (`EXPECTED_ERRORS`: a store that
     failed) is logged as a warning, anything else with its traceback; the next call comes after the pause.
 
@@ -40,12 +46,19 @@ class RecurringTask:
         ```
     """
 
-    def __init__(self, action: Callable[[], Awaitable[object]], *, interval_secs: float, name: str, what: str) -> None:
+    def __init__(
+        self,
+        action: Callable[[], Awaitable[object]],
+        *,
+        interval_secs: float | Callable[[], Awaitable[float]],
+        name: str,
+        what: str,
+    ) -> None:
         """Prepare the task; `start()` starts it.
 
         Args:
             action: The work.
-            interval_secs: Pause before each call.
+            interval_secs: Pause before each call, or an async function of the seconds still to wait.
             name: The asyncio task's name.
             what: What the action is, for log messages (e.g. "Shared map sync").
         """
@@ -56,6 +69,8 @@ class RecurringTask:
         self._task: asyncio.Task[None] | None = None
         self._calling = False
         self._stopping = False
+        self._wake = asyncio.Event()
+        self._last_call_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -67,7 +82,12 @@ class RecurringTask:
         if self.running:
             raise RuntimeError(f'{self._what}: the recurring task is already running.')
         self._stopping = False
+        self._last_call_at = time.monotonic()
         self._task = asyncio.create_task(self._loop(), name=self._name)
+
+    def wake(self) -> None:
+        """Decide again now how long the pause in progress lasts (with a fixed interval: as long as it was)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         """End the task: at once during a pause, else once the call in progress finishes."""
@@ -97,16 +117,33 @@ class RecurringTask:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self._interval_secs)
+            await self._pause()
             self._calling = True
             try:
                 await self._action()
             except EXPECTED_ERRORS as exc:
-                logger.warning('%s failed, will retry in %.1f s: %s', self._what, self._interval_secs, exc)
+                logger.warning('%s failed, will retry%s: %s', self._what, self._retry_in(), exc)
             except Exception:
-                logger.exception('%s failed unexpectedly, will retry in %.1f s', self._what, self._interval_secs)
+                logger.exception('%s failed unexpectedly, will retry%s', self._what, self._retry_in())
             finally:
                 self._calling = False
+                self._last_call_at = time.monotonic()
+
+    async def _pause(self) -> None:
+        while True:
+            self._wake.clear()  # before deciding: a wake-up while the delay is computed is kept
+            if callable(self._interval_secs):
+                delay = await self._interval_secs()
+            else:
+                delay = self._last_call_at + self._interval_secs - time.monotonic()
+            if delay <= 0:
+                await asyncio.sleep(0)  # let others run even if the function keeps saying "now"
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _retry_in(self) -> str:
+        return '' if callable(self._interval_secs) else f' in {self._interval_secs:.1f} s'
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:

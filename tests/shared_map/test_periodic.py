@@ -86,3 +86,26 @@ async def test_cancelling_the_caller_of_stop_cancels_the_call_in_progress() -> N
     await asyncio.sleep(0)
     assert cancelled
     assert not task.running
+
+
+async def test_a_pause_function_is_asked_again_when_woken() -> None:
+    due = asyncio.Event()
+    called = asyncio.Event()
+    asked = 0
+
+    async def still_to_wait() -> float:
+        nonlocal asked
+        asked += 1
+        return 0.0 if due.is_set() else 3600.0
+
+    async def action() -> None:
+        due.clear()
+        called.set()
+
+    async with RecurringTask(action, interval_secs=still_to_wait, name='t', what='Test job') as task:
+        await asyncio.sleep(0.05)
+        assert not called.is_set(), 'the function said to wait'
+        due.set()
+        task.wake()
+        await asyncio.wait_for(called.wait(), 1)
+    assert asked >= 2
