@@ -29,9 +29,8 @@ from typing import Any
 
 from crawlee import service_locator
 
-from src.shared_map import SharedMap, open_store
-from tests.conftest import fresh_database
-from tests.shared_map.harness import (
+from bench.backends import NO_POSTGRES, POSTGRES_URL, connection_for, fresh_database
+from bench.shared_map_processes import (
     ABSENT,
     expected_owned,
     kill_and_restart_rounds,
@@ -40,17 +39,18 @@ from tests.shared_map.harness import (
     start_worker,
     wait_all,
 )
+from src.shared_map import SharedMap, open_store
 
 
 @contextlib.asynccontextmanager
 async def backend_connection(backend: str, workdir: Path) -> AsyncIterator[str]:
-    if backend == 'fs':
-        yield f'file://{workdir}/storage'
-    elif backend == 'sqlite':
-        yield f'sqlite+aiosqlite:///{workdir}/state.db'
-    else:
-        async with fresh_database() as url:
-            yield url
+    if backend != 'postgres':
+        yield connection_for(backend, workdir)
+        return
+    if not POSTGRES_URL:
+        raise SystemExit(f'--backend postgres: {NO_POSTGRES}; run under scripts/with-postgres.sh')
+    async with fresh_database(POSTGRES_URL) as url:
+        yield url
 
 
 def percentile(values: list[float], fraction: float) -> float:

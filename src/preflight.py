@@ -16,7 +16,7 @@ from apify import Actor
 
 from .crawl_options import CrawlOptions, prepare_crawl_options
 from .input import CrawlerInput, InputError
-from .shared_map import InvalidOptionError, StoreUnavailableError, check_store_name, open_store
+from .shared_map import InvalidOptionError, StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     from crawlee.storages import KeyValueStore
@@ -87,10 +87,8 @@ def _input_key() -> str:
 
 
 async def _open(crawl_input: CrawlerInput) -> KeyValueStore:
-    name = check_store_name(crawl_input.shared_store_name)
-    if crawl_input.shared_storage_connection is None:
-        return await Actor.open_key_value_store(name=name)  # as `SharedMap.open` does inside an actor
-    return await open_store(name, connection=crawl_input.shared_storage_connection)
+    # As `SharedMap.open` will: without a connection, through `Actor` (the Apify storage on the platform).
+    return await open_store(crawl_input.shared_store_name, connection=crawl_input.shared_storage_connection)
 
 
 async def holds_shared_map(store: KeyValueStore, prefix: str = 'SM') -> bool:

@@ -1,50 +1,36 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from crawlee import service_locator
 from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
+from bench.backends import NO_POSTGRES, POSTGRES_URL, connection_for
+from bench.backends import fresh_database as fresh_postgres_database
 from src.shared_map import storage_client_for
 
 BACKENDS = ['fs', 'sqlite', 'postgres']
-POSTGRES_URL = os.environ.get('TEST_POSTGRES_URL')
 
 
-def connection_for(backend: str, tmp_path: Path) -> str:
-    """A connection string for a fresh store of `backend` under `tmp_path` (PostgreSQL: see `fresh_database`)."""
-    if backend == 'fs':
-        return f'file://{tmp_path}/storage'
-    if backend == 'sqlite':
-        return f'sqlite+aiosqlite:///{tmp_path}/state.db'
-    raise ValueError(backend)
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
 
 
 @contextlib.asynccontextmanager
 async def fresh_database() -> AsyncIterator[str]:
     """A new, empty database on the test PostgreSQL server (`make test` starts one), dropped afterwards."""
     if not POSTGRES_URL:
-        pytest.skip('no PostgreSQL server: TEST_POSTGRES_URL is not set (make test starts one when it can)')
-    admin_dsn = POSTGRES_URL.replace('postgresql+asyncpg://', 'postgresql://')
-    name = f'test_{uuid.uuid4().hex[:16]}'
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE {name}')
-    finally:
-        await admin.close()
-    yield POSTGRES_URL.rsplit('/', 1)[0] + f'/{name}'
-    admin = await asyncpg.connect(admin_dsn)  # a new connection: the test may have restarted the server
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS {name} WITH (FORCE)')
-    finally:
-        await admin.close()
+        pytest.skip(NO_POSTGRES)
+    async with fresh_postgres_database(POSTGRES_URL) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

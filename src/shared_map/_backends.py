@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._actor_events import actor_is_active
 from ._errors import InvalidOptionError, SharedMapError
 
 if TYPE_CHECKING:
@@ -114,15 +115,24 @@ def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Co
 
 
 async def open_store(
-    name: str, *, connection: str | None = None, configuration: Configuration | None = None
+    name: str,
+    *,
+    connection: str | None = None,
+    configuration: Configuration | None = None,
+    in_actor: bool | None = None,
 ) -> KeyValueStore:
     """Open the named key-value store on the backend that `connection` names (see `storage_client_for`).
+
+    The one way the shared store is opened (`SharedMap.open`, the actor's checks before it starts other runs);
+    only the command line (`python -m src.shared_map`) opens stores its own way, read-only and never purged.
 
     Args:
         name: Store name: `a-z`, `0-9` and inner hyphens (crawlee's rule for named storages); not `default`.
         connection: Where the store lives; None for the default storage client.
         configuration: A crawlee configuration to open it with instead of the default one (e.g. one with
             `purge_on_start=False`); for `file://` connections its storage folder is replaced by the connection's.
+        in_actor: Without `connection`, open the store through `Actor` (on the platform: the Apify storage, with
+            the SDK's own retries and no timeout here). Default: whether an `Actor` context is active.
 
     Raises:
         InvalidOptionError: for a name crawlee purges (`default`) or a bad connection string.
@@ -131,7 +141,11 @@ async def open_store(
     """
     from crawlee.storages import KeyValueStore
 
-    check_store_name(name)
+    name = check_store_name(name)
+    if connection is None and (actor_is_active() if in_actor is None else in_actor):
+        from apify import Actor
+
+        return await Actor.open_key_value_store(name=name)
     storage_client, connection_configuration = storage_client_for(connection)
     if configuration is not None and connection_configuration is not None:
         configuration = configuration.model_copy(update={'storage_dir': connection_configuration.storage_dir})

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._actor_events import ActorEvents, actor_is_active
-from ._backends import check_store_name, storage_client_for
+from ._backends import check_store_name, open_store
 from ._compaction import Compactor
 from ._errors import InvalidOptionError, SharedMapError, SyncError
 from ._liveness import RunRecord, RunsSeen
@@ -200,20 +200,22 @@ class SharedMap(Replica):
                 MIGRATING and ABORTING: final sync and release). Default: whether an `Actor` context is active.
             sync_interval_secs: If set, start a background task that syncs this often.
             options: Keyword options of `SharedMap()`.
+
+        Raises:
+            InvalidOptionError: a name crawlee purges, a bad connection string, or both `connection` and
+                `storage_client`.
+            StoreUnavailableError: the store at `connection` cannot be reached within `open_store()`'s timeout (the
+                message names host and port, never the password).
         """
         from crawlee.storages import KeyValueStore
 
         name = check_store_name(name)
         if in_actor is None:
             in_actor = actor_is_active()
-        if connection is not None:
-            if storage_client is not None:
-                raise InvalidOptionError('Pass either connection or storage_client, not both.')
-            storage_client, configuration = storage_client_for(connection)
-        if in_actor and storage_client is None:
-            from apify import Actor
-
-            store = await Actor.open_key_value_store(name=name)
+        if storage_client is None:  # with open_store's timeout and its one-line errors
+            store = await open_store(name, connection=connection, configuration=configuration, in_actor=in_actor)
+        elif connection is not None:
+            raise InvalidOptionError('Pass either connection or storage_client, not both.')
         else:
             store = await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
         shared = cls(store, **options)

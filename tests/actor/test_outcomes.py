@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,7 @@ from tests.actor.project import (
     table_rows,
     wait_until,
 )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens there once the socket is closed
+from tests.conftest import closed_port
 
 
 @pytest.mark.parametrize('runs', [1, 3])

@@ -3,20 +3,14 @@ a non-zero exit code, nothing started and nothing lost."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from tests.actor.project import ROOT, run_actor
+from tests.conftest import closed_port
 
 
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if 'ERROR' in line]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return int(probe.getsockname()[1])  # closed again when the block ends: nothing listens there
 
 
 def test_an_input_file_that_is_not_json_is_named_with_the_position(tmp_path: Path) -> None:

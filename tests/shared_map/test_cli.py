@@ -15,8 +15,8 @@ from crawlee.storages import KeyValueStore
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.shared_map_processes import ROOT, load_fresh, start_worker, wait_all
 from src.shared_map import SharedMap, open_store
-from tests.shared_map.harness import ROOT, load_fresh, start_worker, wait_all
 
 
 def cli(*args: str, stdin: str = '') -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from crawlee.storages import KeyValueStore
 
+from bench.scripted_store import ScriptedStore
 from src.shared_map import SharedMap
-from tests.shared_map.scripted_store import ScriptedStore
 
 
 async def keys_of(store: KeyValueStore, prefix: str = 'SM.') -> list[str]:

@@ -12,13 +12,14 @@ import asyncpg
 import pytest
 from apify import Actor, Event
 from crawlee import service_locator
-from crawlee.events._types import EventMigratingData, EventPersistStateData
+from crawlee.events import EventMigratingData, EventPersistStateData
 from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
-from src.shared_map import InvalidOptionError, SharedMap, SharedMapError, SyncError
-from tests.conftest import POSTGRES_URL, fresh_database
-from tests.shared_map.scripted_store import ScriptedStore
+from bench.backends import POSTGRES_URL
+from bench.scripted_store import ScriptedStore
+from src.shared_map import InvalidOptionError, SharedMap, SharedMapError, StoreUnavailableError, SyncError
+from tests.conftest import closed_port, fresh_database
 
 
 async def run_record(store: KeyValueStore, run_id: str) -> dict[str, object]:
@@ -274,3 +275,15 @@ async def test_a_sync_cancelled_mid_write_keeps_the_changes(
 async def test_open_refuses_the_default_store_which_crawlee_purges(name: str) -> None:
     with pytest.raises(InvalidOptionError, match='cannot be'):
         await SharedMap.open(name, run_id='a', in_actor=False)
+
+
+async def test_open_says_in_one_line_which_database_it_cannot_reach_without_the_password() -> None:
+    port = closed_port()
+    connection = f'postgresql+asyncpg://crawler:pw-s3cret-42@127.0.0.1:{port}/crawl'
+    with pytest.raises(StoreUnavailableError) as info:
+        await SharedMap.open('unreachable', connection=connection, run_id='a', in_actor=False)
+    message = str(info.value)
+    assert message.startswith('Cannot open the shared store at ')
+    assert '\n' not in message
+    assert f'host 127.0.0.1, port {port}' in message
+    assert 'pw-s3cret-42' not in message

@@ -22,9 +22,7 @@ import pytest
 from crawlee import service_locator
 from crawlee.storages import KeyValueStore
 
-from src.shared_map import SharedMap, storage_client_for
-from tests.conftest import fresh_database
-from tests.shared_map.harness import (
+from bench.shared_map_processes import (
     ABSENT,
     expected_owned,
     kill_and_restart_rounds,
@@ -34,6 +32,8 @@ from tests.shared_map.harness import (
     synced_ops,
     wait_all,
 )
+from src.shared_map import SharedMap, storage_client_for
+from tests.conftest import fresh_database
 
 
 @pytest.mark.parametrize(('seed', 'skews'), [(1, (0, 0, 0, 0)), (2, (0, 0, 0, 0)), (3, (-4000, 0, 2500, 4000))])

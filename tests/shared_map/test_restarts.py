@@ -17,8 +17,8 @@ import pytest
 from crawlee.storage_clients import MemoryStorageClient
 from crawlee.storages import KeyValueStore
 
+from bench.scripted_store import ScriptedStore, join_max
 from src.shared_map import SharedMap, SyncError
-from tests.shared_map.scripted_store import ScriptedStore, join_max
 
 
 async def keys_of(store: KeyValueStore, prefix: str) -> list[str]:

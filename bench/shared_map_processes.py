@@ -1,6 +1,6 @@
 """Real worker processes on a shared map, and how to check what they did: shared by the tests and bench/.
 
-Each worker (`tests/shared_map/worker.py`) journals the operations it synced; `expected_owned` applies the merge rule
+Each worker (`bench/shared_map_worker.py`) journals the operations it synced; `expected_owned` applies the merge rule
 to them, so a fresh load of the store can be compared with what must be there.
 """
 
@@ -22,7 +22,7 @@ from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap, storage_client_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ABSENT = object()
 
 
@@ -31,7 +31,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
-            sys.executable, '-m', 'tests.shared_map.worker',
+            sys.executable, '-m', 'bench.shared_map_worker',
             '--connection', connection, '--workdir', str(workdir),
             '--index', str(index), '--count', str(count), '--seed', str(seed), *extra,
         ],

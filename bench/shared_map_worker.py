@@ -1,4 +1,4 @@
-"""A real process that uses a shared map, for the multi-process tests (`python -m tests.shared_map.worker ...`).
+"""A real process that uses a shared map, for the multi-process tests (`python -m bench.shared_map_worker ...`).
 
 Worker `index` of `count` does random operations with random sync timing:
 * keys `own-<index>-<n>` get any value or a deletion only from this worker, and `enqueued` from anyone,
@@ -24,8 +24,8 @@ from typing import Any, TextIO
 from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
+from bench.scripted_store import ScriptedStore
 from src.shared_map import SharedMap, SyncError, storage_client_for
-from tests.shared_map.scripted_store import ScriptedStore
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
 
