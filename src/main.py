@@ -1,9 +1,7 @@
-"""A BeautifulSoup crawler whose parallel runs share URL state through a shared map in a named key-value store.
+"""The official Apify template (`async with Actor:`, the input, a `Router`, `crawler.run`) plus what shares the crawl.
 
-The official Apify template (`async with Actor:`, the input, a `Router`, `crawler.run`) plus the lines that make
-the crawl shared: `Supervisor.fan_out` starts the other runs, and `SharedRequestManager` (`src/shared_map/`) is the
-run's request queue, made to skip what other runs know and to fetch only the URLs this run owns. The input's options
-are prepared in `src/crawl_options.py`; `docs/architecture.md` follows one URL through it all.
+`Supervisor.fan_out` starts the other runs; `SharedRequestManager` (`src/shared_map/`) is the run's request queue,
+made to skip what other runs know and to fetch only the URLs this run owns. `docs/architecture.md` follows one URL.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 # (crawlee's file-system client removes the value file, then the metadata file). See docs/sync-protocol.md.
 GHOST_AFTER_MISSES = 3
 GHOST_AFTER_SECS = 1.0
+FS_CLIENT_LOGGER = 'crawlee.storage_clients._file_system._key_value_store_client'
+"""The logger of crawlee's file-system key-value store client (a private module: see docs/architecture.md)."""
 
 FetchKind = Literal['log', 'part', 'manifest', 'lease']
 
@@ -207,6 +209,6 @@ class _ExpectedRaceFilter(logging.Filter):
 
 def quiet_expected_races() -> None:
     """Install the filter on crawlee's file-system client logger (once per process)."""
-    fs_logger = logging.getLogger('crawlee.storage_clients._file_system._key_value_store_client')
+    fs_logger = logging.getLogger(FS_CLIENT_LOGGER)
     if not any(isinstance(f, _ExpectedRaceFilter) for f in fs_logger.filters):
         fs_logger.addFilter(_ExpectedRaceFilter())
