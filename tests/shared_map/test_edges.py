@@ -11,12 +11,12 @@ import asyncpg
 import pytest
 from apify import Actor, Event
 from crawlee import Request, RequestState
-from crawlee.events._types import EventMigratingData, EventPersistStateData
+from crawlee.events import EventMigratingData, EventPersistStateData
 from crawlee.storages import KeyValueStore
 
+from bench.scripted_store import ScriptedStore
 from src.shared_map import ENQUEUED, SharedMap, SharedRequestManager, SyncError, open_store
 from tests.conftest import fresh_database
-from tests.shared_map.scripted_store import ScriptedStore
 
 
 def labelled(url: str) -> Request:
