@@ -533,14 +533,17 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         body = self._read_body(headers)
         status, out_headers, out_body, _kind = self.server.api.handle(self.command, self.path, headers, body)
-        self.send_response(status)
-        for name, value in out_headers.items():
-            self.send_header(name, value)
-        no_body = self.command == 'HEAD' or status in (204, 304)
-        self.send_header('Content-Length', '0' if no_body else str(len(out_body)))
-        self.end_headers()
-        if not no_body:
-            self.wfile.write(out_body)
+        try:
+            self.send_response(status)
+            for name, value in out_headers.items():
+                self.send_header(name, value)
+            no_body = self.command == 'HEAD' or status in (204, 304)
+            self.send_header('Content-Length', '0' if no_body else str(len(out_body)))
+            self.end_headers()
+            if not no_body:
+                self.wfile.write(out_body)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (a run killed mid-request)
+            self.close_connection = True
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if 'chunked' in headers.get('transfer-encoding', '').lower():
