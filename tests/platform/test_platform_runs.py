@@ -143,3 +143,25 @@ def test_a_migrated_run_comes_back_under_the_same_run_id_and_loses_nothing(api: 
     result = items(api, first)
     assert_each_page_once(result)
     assert len(result) == site.pages
+
+
+def test_a_migrated_first_run_takes_up_the_runs_it_started_instead_of_starting_more(api: PlatformStandIn) -> None:
+    site = serve_site(500, delay_secs=0.03)
+    try:
+        first = api.runs.start(crawl_input(site, 2))
+        wait_until(lambda: len(api.runs.by_id) == 2, 60, 'the second run')
+        wait_until(lambda: len(items(api, first)) >= 20, 60, 'the first run crawling')
+        api.runs.migrate(first.id)
+        runs = finish_all(api, first)
+        stats = site.stats.snapshot()
+    finally:
+        site.stop()
+    assert len(runs) == 2, 'the restarted first run started no more runs'
+    assert first.migrations == 1
+    assert [run.status for run in runs] == ['SUCCEEDED'] * 2, logs(runs)[-3000:]
+    assert f'the runs it started before go on: {runs[1].id}' in first.log.read_text()
+    assert stats['distinct'] == site.pages, 'no link was lost'
+    assert stats['duplicates'] <= 10
+    result = items(api, first)
+    assert_each_page_once(result)
+    assert len(result) == site.pages
