@@ -1,8 +1,9 @@
-"""A local STAND-IN (a mock) of the Apify platform API's key-value-store endpoints, for tests only.
+"""A local STAND-IN (a mock) of the Apify platform API, for tests and `make platform-run` only (see README.md).
 
-This is NOT the Apify platform and talks to nothing outside this process: it is a small threaded `http.server`
-on 127.0.0.1 that answers, from memory, the requests that the Apify SDK's `ApifyStorageClient` (apify 4.1, through
-apify-client 3.4) makes for a key-value store, with the JSON shapes that client parses:
+This is NOT the Apify platform and talks to nothing outside this machine: it is a small threaded `http.server`
+on 127.0.0.1 that answers, from memory, the requests that the Apify SDK (apify 4.1, through apify-client 3.4)
+makes, with the JSON shapes that client parses. Datasets are in `stand_in_datasets.py`; actor runs (real processes
+of the actor), Abort, migration and the events websocket in `stand_in_runs.py`. The key-value-store endpoints:
 
     POST   /v2/key-value-stores?name=<name>              get or create a named store      201 {"data": store}
     GET    /v2/key-value-stores/<id or ~name>            store metadata                   200 {"data": store} | 404
@@ -123,7 +124,7 @@ class Hold:
 
 
 class PlatformStandIn:
-    """A local stand-in (mock) of the Apify API's key-value-store endpoints; see the module docstring.
+    """A local stand-in (mock) of the Apify API: key-value stores, datasets (`datasets`), runs (`runs`).
 
     Usage:
         ```python
