@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from tests.platform.stand_in import PlatformStandIn
 from tests.platform.stand_in_runs import ActorRun
 
 FINISH_TIMEOUT_SECS = 3600.0
+ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
 
 def _number(name: str) -> float | None:
@@ -58,6 +60,13 @@ def _read_input() -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SystemExit('ERROR INPUT must be a JSON object.')
     return value
+
+
+def last_error(run: ActorRun) -> str | None:
+    """The last ERROR line of the run's log, to say why it failed without opening the log."""
+    text = run.log.read_text(errors='replace') if run.log.exists() else ''
+    errors = [ANSI.sub('', line).strip() for line in text.splitlines() if 'ERROR' in line]
+    return errors[-1] if errors else None
 
 
 def exit_code(run: ActorRun) -> int:
@@ -157,6 +166,8 @@ def main() -> int:
                 out.writelines(json.dumps(item, ensure_ascii=False) + '\n' for item in items)
             print(f'platform-run: {len(items)} results written to {results}', flush=True)
         print(f'platform-run: the storages of the mock are in {folder}', flush=True)
+        if first.status == 'FAILED' and (error := last_error(first)):
+            print(f'platform-run: the first run failed: {error}', flush=True)
         return exit_code(first)
 
 

@@ -7,6 +7,8 @@ process (ABORTING, SIGTERM, SIGKILL; MIGRATING, a kill and a restart under the s
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from apify_client import ApifyClient
 
 from src.demo.site import RunningSite, serve_site
-from tests.actor.project import copy_project, wait_until
+from tests.actor.project import clean_env, copy_project, wait_until
 from tests.platform.stand_in import PlatformStandIn
 from tests.platform.stand_in_runs import ActorRun
 
@@ -165,3 +167,41 @@ def test_a_migrated_first_run_takes_up_the_runs_it_started_instead_of_starting_m
     result = items(api, first)
     assert_each_page_once(result)
     assert len(result) == site.pages
+
+
+def test_make_platform_run_writes_the_result_set_and_says_where_the_storages_are(project: Path, tmp_path: Path) -> None:
+    site = serve_site(30, delay_secs=0.005)
+    results, folder = tmp_path / 'out.jsonl', tmp_path / 'platform'
+    env = clean_env(
+        INPUT=json.dumps({'startUrls': [{'url': site.url}], 'datasetName': 'results'}),
+        RESULTS=str(results),
+        PLATFORM_DIR=str(folder),
+    )
+    try:
+        done = subprocess.run(['make', '-s', 'platform-run'], cwd=project, env=env, capture_output=True, timeout=120)
+        stats = site.stats.snapshot()
+    finally:
+        site.stop()
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert_each_page_once(lines)
+    assert len(lines) == site.pages == stats['distinct']
+    assert f'the storages of the mock are in {folder}' in out
+    assert ': SUCCEEDED (exit 0)' in out
+    assert len((folder / 'datasets' / 'results.jsonl').read_text().splitlines()) == site.pages, 'the named result set'
+    assert len(list((folder / 'runs').glob('*.log'))) == 1
+
+
+@pytest.mark.parametrize(
+    ('value', 'message'),
+    [('', 'ERROR Set INPUT to the actor input as JSON'), ('{"startUrls": ', 'ERROR INPUT is not valid JSON')],
+)
+def test_make_platform_run_says_what_to_fix_in_its_input(project: Path, value: str, message: str) -> None:
+    done = subprocess.run(
+        ['make', '-s', 'platform-run'], cwd=project, env=clean_env(INPUT=value), capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    errors = done.stderr.decode().splitlines()
+    assert errors[0].startswith(message), errors
+    assert 'Traceback' not in done.stderr.decode()
