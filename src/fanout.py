@@ -176,6 +176,7 @@ def on_aborting(callback: Callable[[], object]) -> None:
     """On the platform, call `callback` when the run is being aborted (the ABORTING event comes before SIGTERM)."""
 
     async def listener(_data: object) -> None:  # async: crawlee calls a plain function in another thread
+        Actor.log.warning('The platform is aborting this run (ABORTING): it stops, with the runs it started.')
         callback()
 
     if Actor.is_at_home():
