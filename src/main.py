@@ -19,7 +19,7 @@ from .baseline import crawl_without_sharing
 from .crawl_options import CrawlOptions
 from .input import CrawlerInput, exit_if_input_file_is_invalid
 from .lean_crawler import LeanBeautifulSoupCrawler
-from .migration import paused_on_migration
+from .migration import joined_before, paused_on_migration
 from .preflight import read_input
 from .results import skip_saved_pages
 from .routes import router
@@ -59,7 +59,8 @@ async def main() -> None:
                     request_manager=options.wrap(manager), keep_alive=True, **crawler_options(crawl_input, options)
                 )
                 await skip_saved_pages(manager)  # a resumed run: the pages already in its dataset are done
-                await supervisor.wait_unless_stopped(manager.wait_for_runs())
+                if not await joined_before():  # a migrated run goes on at once: the others may have finished
+                    await supervisor.wait_unless_stopped(manager.wait_for_runs())
                 async with paused_on_migration(crawler, manager):  # on the platform: nothing saved is lost
                     await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)

@@ -5,7 +5,8 @@ crawler would go on fetching and saving pages until the kill: pages saved in the
 synced. The restarted run marks the pages in its dataset processed (`skip_saved_pages`), so those links would be lost.
 Hence, on MIGRATING, the crawler takes no new page, the pages in flight finish, and the shared maps sync once more:
 everything in the dataset is then in the shared map, processed and with the links found on it. The run then waits to
-be killed; the restarted run goes on from the shared map.
+be killed; the restarted run goes on from the shared map, without waiting for the other runs to show up as a new
+crawl does: they may have finished meanwhile.
 """
 
 from __future__ import annotations
@@ -24,11 +25,28 @@ if TYPE_CHECKING:
 
     from .shared_map import SharedRequestManager
 
-__all__ = ['paused_on_migration']
+__all__ = ['joined_before', 'paused_on_migration']
 
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT_TIMEOUT_SECS = 30.0
+JOINED_KEY = 'CRAWL-JOINED'
+"""A record in the run's default key-value store: an earlier process of this run joined the crawl."""
+
+
+async def joined_before() -> bool:
+    """On the platform, whether an earlier process of this run (before a migration) joined the crawl already.
+
+    The first call in a run's first process records that it joined. Locally always False: a local run that starts
+    again is a new run, with a new run id.
+    """
+    if not Actor.is_at_home():
+        return False
+    if await Actor.get_value(JOINED_KEY):
+        Actor.log.info('This run restarted (a migration): it goes on with the crawl at once.')
+        return True
+    await Actor.set_value(JOINED_KEY, {'joined': True})
+    return False
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,8 +146,12 @@ class Runs:
         threading.Thread(target=self._abort, args=(run, gracefully), name=f'abort-{run.id}', daemon=True).start()
         return run
 
-    def migrate(self, run_id: str) -> ActorRun:
-        """Migrate a running run: MIGRATING, the process killed, a new one under the same run id. Blocks until then."""
+    def migrate(self, run_id: str, *, before_restart: Callable[[], object] | None = None) -> ActorRun:
+        """Migrate a running run: MIGRATING, the process killed, a new one under the same run id. Blocks until then.
+
+        `before_restart` is called between the kill and the restart (the platform takes a while to restart a run on
+        another server: a test can let the other runs go on meanwhile).
+        """
         run = self.get(run_id)
         with self._lock:
             if run.status != 'RUNNING' or run.process is None:
@@ -157,6 +162,8 @@ class Runs:
         time.sleep(self.migration_grace_secs)
         process.kill()
         process.wait()
+        if before_restart is not None:
+            before_restart()
         with self._lock:
             run.migrations += 1
             run.migrating = False

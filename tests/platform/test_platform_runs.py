@@ -122,7 +122,7 @@ def test_aborting_the_first_run_aborts_every_run_it_started_within_the_grace_per
 
 
 def test_a_migrated_run_comes_back_under_the_same_run_id_and_loses_nothing(api: PlatformStandIn) -> None:
-    site = serve_site(500, delay_secs=0.03)
+    site = serve_site(300, delay_secs=0.03)
     try:
         first = api.runs.start(crawl_input(site, 2))
         wait_until(lambda: len(api.runs.by_id) == 2, 60, 'the second run')
@@ -147,13 +147,16 @@ def test_a_migrated_run_comes_back_under_the_same_run_id_and_loses_nothing(api: 
     assert len(result) == site.pages
 
 
-def test_a_migrated_first_run_takes_up_the_runs_it_started_instead_of_starting_more(api: PlatformStandIn) -> None:
-    site = serve_site(500, delay_secs=0.03)
+def test_a_migrated_first_run_takes_up_the_runs_it_started_and_goes_on_at_once(api: PlatformStandIn) -> None:
+    site = serve_site(300, delay_secs=0.03)
     try:
-        first = api.runs.start(crawl_input(site, 2))
+        first = api.runs.start({**crawl_input(site, 2), 'deadRunTimeoutSecs': 4})
         wait_until(lambda: len(api.runs.by_id) == 2, 60, 'the second run')
+        child = next(run for run in api.runs.by_id.values() if run is not first)
         wait_until(lambda: len(items(api, first)) >= 20, 60, 'the first run crawling')
-        api.runs.migrate(first.id)
+        # While the first run is away, the other takes its URLs over and finishes the crawl.
+        api.runs.migrate(first.id, before_restart=lambda: api.runs.wait(child.id, 60))
+        restarted_at = time.time()
         runs = finish_all(api, first)
         stats = site.stats.snapshot()
     finally:
@@ -161,7 +164,9 @@ def test_a_migrated_first_run_takes_up_the_runs_it_started_instead_of_starting_m
     assert len(runs) == 2, 'the restarted first run started no more runs'
     assert first.migrations == 1
     assert [run.status for run in runs] == ['SUCCEEDED'] * 2, logs(runs)[-3000:]
-    assert f'the runs it started before go on: {runs[1].id}' in first.log.read_text()
+    assert f'the runs it started before go on: {child.id}' in first.log.read_text()
+    assert first.finished_at is not None
+    assert first.finished_at - restarted_at < 30, 'it did not wait for runs to join a crawl that had ended'
     assert stats['distinct'] == site.pages, 'no link was lost'
     assert stats['duplicates'] <= 10
     result = items(api, first)
