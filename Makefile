@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APIFY_CLI_VERSION := 1.10.0
 APIFY := .tools/node_modules/.bin/apify
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean platform-run
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -39,6 +39,12 @@ pytest: $(STAMP) $(APIFY)
 # The shared-map property tests also run on PostgreSQL: the wrapper starts a throw-away server when it can.
 test: $(STAMP) $(APIFY)
 	bash scripts/with-postgres.sh $(MAKE) --no-print-directory lint typecheck pytest
+
+# The actor as the Apify platform runs it, against a local mock of the Apify API (tests/platform/README.md):
+# INPUT='{"startUrls": [{"url": "http://127.0.0.1:8000/"}], "parallelRuns": 3}' RESULTS=out.jsonl make platform-run
+# ABORT_AFTER_SECS=N aborts the first run as Console's Abort does; MIGRATE_AFTER_SECS=N migrates one run.
+platform-run: $(STAMP)
+	$(PY) -m tests.platform.platform_run
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_shared_map

@@ -1,30 +1,37 @@
 """Fan-out: one run starts `parallelRuns - 1` more runs of this actor that share the crawl through the shared map.
 
-On the Apify platform they are new runs of this actor (`Actor.start`). Locally they are child processes
-(`python -m src`), each with its own storage folder under `<storage>/parallel-runs/<run id>/` (its own queue,
-dataset and INPUT, purged only by itself); they share only the named store, opened from the parent's folder.
+On the Apify platform they are new runs of this actor (`Actor.start`), whose ids the first run keeps in its default
+key-value store (`PARALLEL-RUNS`): a migrated first run, restarted under the same run id, takes them up again instead
+of starting more. Stopping the first run (Console's Abort: the ABORTING event, then SIGTERM) aborts them through the
+API. Locally they are child processes (`python -m src`), each with its own storage folder under
+`<storage>/parallel-runs/<run id>/` (its own queue, dataset and INPUT, purged only by itself); they share only the
+named store, opened from the parent's folder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apify import Actor
+from apify import Actor, Event
 
 from .input import CrawlerInput
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PREFIX = 'RUN-SUMMARY.'
+CHILD_RUNS_KEY = 'PARALLEL-RUNS'
+"""The first run's record (in its default key-value store, on the platform) of the runs it started."""
+ABORT_TIMEOUT_SECS = 30.0
 
 # Variables that describe the parent's own run and storages: a child inheriting them would, e.g., look for its input
 # under the temporary key `apify run` gives the parent (`__CLI_INPUT`), a record that is not in the child's folder.
@@ -63,21 +70,44 @@ class ChildRun:
     """Set by `wait()` for a local process: 0, an exit code, or minus the number of the signal that killed it."""
     platform_status: str | None = None
     """Set by `wait()` on the platform: `SUCCEEDED`, `FAILED`, `ABORTED`, `TIMED-OUT`."""
+    _aborting: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def stop_if_running(self) -> None:
-        """Terminate a local child process that is still running (no-op on the platform)."""
+        """Terminate a local child process that is still running; on the platform, abort a run not seen finished."""
         self.send_signal(signal.SIGTERM)
 
     def send_signal(self, signum: int) -> None:
-        """Send `signum` to a local child process that is still running (no-op on the platform)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
+        """Send `signum` to a local child process that is still running.
+
+        On the platform, any signal aborts the run through the API, once, as Console's Abort does (the run gets
+        ABORTING, then SIGTERM); `wait()` and `abort_runs()` wait for that call.
+        """
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signum)
+        elif self.platform_status is None and self._aborting is None:
+            self._aborting = asyncio.get_running_loop().create_task(self._abort(), name=f'abort-run-{self.run_id}')
+
+    async def _abort(self) -> None:
+        try:
+            run = await Actor.apify_client.run(self.run_id).abort()
+        except Exception as exc:  # the run may have finished meanwhile; say so, do not fail the stopping run
+            Actor.log.warning(f'Could not abort run {self.run_id} ({type(exc).__name__}: {exc}); check it in Console.')
+            return
+        Actor.log.info(f'Run {self.run_id} aborted through the API (status {run.status}).')
+
+    async def settle(self) -> None:
+        """Wait for the abort call `send_signal` made on the platform, if it made one."""
+        if self._aborting is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._aborting), ABORT_TIMEOUT_SECS)
 
     async def wait(self) -> int | None:
         """Wait until the run ends; its exit code (None on the platform, where `platform_status` says more)."""
         if self.process is not None:
             self.exit_code = await asyncio.to_thread(self.process.wait)
             return self.exit_code
+        await self.settle()
         run = await Actor.apify_client.run(self.run_id).wait_for_finish()
         self.platform_status = str(run.status) if run else None
         return None
@@ -137,18 +167,47 @@ async def fan_out(crawl_input: CrawlerInput, run_id: str) -> list[ChildRun]:
     if count <= 0 or crawl_input.is_child:
         return []
     if Actor.is_at_home():
-        actor_id = Actor.configuration.actor_id
-        if not actor_id:
-            raise RuntimeError('Cannot fan out: this run does not know its actor id (ACTOR_ID is not set).')
-        runs = [await Actor.start(actor_id, run_input=child_input(crawl_input, run_id, None)) for _ in range(count)]
-        Actor.log.info(f'Started {count} more runs: {", ".join(run.id for run in runs)}')
-        return [ChildRun(run_id=run.id) for run in runs]
+        return await _start_platform_runs(crawl_input, run_id, count)
     storage = _local_storage_dir()
     children = [_start_local_child(crawl_input, run_id, storage, index) for index in range(1, count + 1)]
     Actor.log.info(
         f'Started {count} more local runs as processes; their storages and logs are in {storage / "parallel-runs"}'
     )
     return children
+
+
+async def _start_platform_runs(crawl_input: CrawlerInput, run_id: str, count: int) -> list[ChildRun]:
+    actor_id = Actor.configuration.actor_id
+    if not actor_id:
+        raise RuntimeError('Cannot fan out: this run does not know its actor id (ACTOR_ID is not set).')
+    started = await Actor.get_value(CHILD_RUNS_KEY)
+    run_ids = [str(run) for run in started] if isinstance(started, list) else []
+    if run_ids:  # this run migrated (or restarted): the runs it started go on
+        Actor.log.info(f'This run restarted; the runs it started before go on: {", ".join(run_ids)}')
+    while len(run_ids) < count:
+        run = await Actor.start(actor_id, run_input=child_input(crawl_input, run_id, None))
+        run_ids.append(run.id)
+        await Actor.set_value(CHILD_RUNS_KEY, run_ids)  # after each: a migration in between starts no run twice
+        Actor.log.info(f'Started run {run.id} ({len(run_ids)} of {count} more runs).')
+    return [ChildRun(run_id=run_id) for run_id in run_ids]
+
+
+async def abort_runs(children: list[ChildRun]) -> None:
+    """Stop the children still running (on the platform: abort them through the API) and wait for those calls."""
+    for child in children:
+        child.stop_if_running()
+    await asyncio.gather(*(child.settle() for child in children))
+
+
+def on_aborting(callback: Callable[[], object]) -> None:
+    """On the platform, call `callback` when the run is being aborted (the ABORTING event comes before SIGTERM)."""
+
+    async def listener(_data: object) -> None:  # async: crawlee calls a plain function in another thread
+        Actor.log.warning('The platform is aborting this run (ABORTING): it stops, with the runs it started.')
+        callback()
+
+    if Actor.is_at_home():
+        Actor.on(Event.ABORTING, listener)
 
 
 def _local_storage_dir() -> Path:

@@ -14,6 +14,7 @@ from apify import Actor
 from .baseline import crawl_without_sharing
 from .input import exit_if_input_file_is_invalid
 from .lean_crawler import LeanBeautifulSoupCrawler
+from .migration import joined_before, paused_on_migration
 from .page_items import PageItems
 from .preflight import read_input
 from .routes import router
@@ -53,6 +54,8 @@ async def main() -> None:
                     **options.crawler_kwargs(pages.wrap(router), is_known=manager.is_known),  # known links: no requests
                 )
                 await pages.resume(manager.shared)  # a resumed run: its dataset's pages not done in the store
-                await supervisor.wait_unless_stopped(manager.wait_for_runs())
-                await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
+                if not await joined_before():  # a migrated run goes on at once: the others may have finished
+                    await supervisor.wait_unless_stopped(manager.wait_for_runs())
+                async with paused_on_migration(crawler, manager):  # on the platform: nothing saved is lost
+                    await supervisor.run_crawler(crawler, manager.run(crawler, options.start_urls))
             await finish_run(crawl_input, run_id, crawler, manager, supervisor, started=started)

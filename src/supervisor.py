@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from crawlee.crawlers import BasicCrawler
 
-from .fanout import OK, ChildRun, fan_out, status_of
+from .fanout import OK, ChildRun, abort_runs, fan_out, on_aborting, status_of
 from .input import CrawlerInput
 from .shared_map import RecurringTask
 
@@ -58,12 +58,12 @@ class Supervisor:
         children = await fan_out(crawl_input, run_id)
         supervisor = cls(children)
         supervisor.install()
+        on_aborting(lambda: supervisor._on_signal(signal.SIGTERM))  # on the platform, Abort: stop this run and its runs
         try:
             yield supervisor
         finally:
             await supervisor.close()
-            for child in children:
-                child.stop_if_running()  # a failed parent must not leave local child processes behind
+            await abort_runs(children)  # a failed parent must not leave child processes or platform runs behind
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM from now on, and start watching the local child runs."""

@@ -1,8 +1,9 @@
-"""A local STAND-IN (a mock) of the Apify platform API's key-value-store endpoints, for tests only.
+"""A local STAND-IN (a mock) of the Apify platform API, for tests and `make platform-run` only (see README.md).
 
-This is NOT the Apify platform and talks to nothing outside this process: it is a small threaded `http.server`
-on 127.0.0.1 that answers, from memory, the requests that the Apify SDK's `ApifyStorageClient` (apify 4.1, through
-apify-client 3.4) makes for a key-value store, with the JSON shapes that client parses:
+This is NOT the Apify platform and talks to nothing outside this machine: it is a small threaded `http.server`
+on 127.0.0.1 that answers, from memory, the requests that the Apify SDK (apify 4.1, through apify-client 3.4)
+makes, with the JSON shapes that client parses. Datasets are in `stand_in_datasets.py`; actor runs (real processes
+of the actor), Abort, migration and the events websocket in `stand_in_runs.py`. The key-value-store endpoints:
 
     POST   /v2/key-value-stores?name=<name>              get or create a named store      201 {"data": store}
     GET    /v2/key-value-stores/<id or ~name>            store metadata                   200 {"data": store} | 404
@@ -34,21 +35,24 @@ bodies are kept in `rejections`. The message texts imitate the platform's but ar
 
 from __future__ import annotations
 
-import gzip
-import importlib
 import json
 import random
 import re
+import tempfile
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from tests.platform.api_common import ApiError, decode_body, iso
+from tests.platform.stand_in_datasets import Datasets
+from tests.platform.stand_in_runs import Runs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,25 +76,6 @@ KINDS = (
 )
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')
-
-
-def _decode(body: bytes, encoding: str) -> bytes:
-    """The body as the client meant it, before the client compressed it for the transfer."""
-    encoding = encoding.strip().lower()
-    if encoding in ('', 'identity'):
-        return body
-    if encoding == 'gzip':
-        return gzip.decompress(body)
-    if encoding == 'deflate':
-        return zlib.decompress(body)
-    if encoding == 'br':
-        brotli: Any = importlib.import_module('brotli')  # apify-client's own dependency; untyped
-        return bytes(brotli.decompress(body))
-    raise ValueError(f'unsupported Content-Encoding {encoding!r}')
-
-
 @dataclass
 class Record:
     body: bytes
@@ -101,7 +86,7 @@ class Record:
     """Size of the decoded body."""
 
     def decoded(self) -> bytes:
-        return _decode(self.body, self.encoding)
+        return decode_body(self.body, self.encoding)
 
 
 @dataclass
@@ -138,18 +123,8 @@ class Hold:
         self.released.set()
 
 
-class _Reply(Exception):
-    """Answer the request with this error (status, platform error type, message)."""
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-
-
 class PlatformStandIn:
-    """A local stand-in (mock) of the Apify API's key-value-store endpoints; see the module docstring.
+    """A local stand-in (mock) of the Apify API: key-value stores, datasets (`datasets`), runs (`runs`).
 
     Usage:
         ```python
@@ -167,8 +142,17 @@ class PlatformStandIn:
         seed: int = 0,
         max_list_limit: int = MAX_LIST_LIMIT,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        max_items_per_page: int = 1000,
+        folder: Path | None = None,
+        **run_options: Any,
     ) -> None:
+        """A mock of the API; `folder` keeps the runs' logs (default: a temporary one); `run_options` go to `Runs`."""
         self.token = token
+        self.datasets = Datasets(base_url=lambda: self.url, max_items_per_page=max_items_per_page)
+        self.folder = folder
+        self._run_options = run_options
+        self._runs: Runs | None = None
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.rate_limit_fraction = rate_limit_fraction
         self.max_list_limit = max_list_limit
         self.max_record_bytes = max_record_bytes
@@ -210,7 +194,20 @@ class PlatformStandIn:
         self._thread.start()
         return self
 
+    @property
+    def runs(self) -> Runs:
+        """The actor runs (started on first use: a websocket server, and real processes once a run starts)."""
+        if self._runs is None:
+            if self.folder is None:
+                self._temporary = tempfile.TemporaryDirectory(prefix='apify-stand-in-')
+                self.folder = Path(self._temporary.name)
+            self._runs = Runs(self, log_dir=self.folder / 'runs', **self._run_options)
+        return self._runs
+
     def stop(self) -> None:
+        if self._runs is not None:
+            self._runs.close()
+            self._runs = None
         for hold in self._holds:
             hold.release()
         if self._server is not None:
@@ -219,6 +216,9 @@ class PlatformStandIn:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
 
     def __enter__(self) -> PlatformStandIn:
         return self.start()
@@ -278,7 +278,7 @@ class PlatformStandIn:
                 name = store_ref.split('~', 1)[1]
                 store = next((s for s in self.stores.values() if s.name == name), None)
         if store is None:
-            raise _Reply(404, 'record-not-found', 'Key-value store was not found')
+            raise ApiError(404, 'record-not-found', 'Key-value store was not found')
         return store
 
     def _store_json(self, store: Store) -> dict[str, Any]:
@@ -290,9 +290,9 @@ class PlatformStandIn:
             'name': store.name,
             'userId': 'standInUser00001',
             'username': 'stand-in',
-            'createdAt': _iso(store.created_at),
-            'modifiedAt': _iso(store.modified_at),
-            'accessedAt': _iso(store.accessed_at),
+            'createdAt': iso(store.created_at),
+            'modifiedAt': iso(store.modified_at),
+            'accessedAt': iso(store.accessed_at),
             'actId': None,
             'actRunId': None,
             'stats': {
@@ -311,6 +311,7 @@ class PlatformStandIn:
         split = urlsplit(raw_path)
         # Split the raw path before decoding it: a key may hold an encoded '/'.
         segments = [unquote(segment) for segment in split.path.split('/')[1:]]
+        segments = self._run_storage_path(segments)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         kind = self._kind(method, segments)
         with self._lock:
@@ -319,12 +320,12 @@ class PlatformStandIn:
         try:
             self._authorize(headers, query)
             if self._rate_limited():
-                raise _Reply(429, 'rate-limit-exceeded', 'You have exceeded the rate limit. Please try again later.')
+                raise ApiError(429, 'rate-limit-exceeded', 'You have exceeded the rate limit. Please try again later.')
             hold = self._take_hold(kind, query)
             if hold is not None:
                 hold.released.wait(timeout=60)
             status, out_headers, out_body = self._dispatch(kind, method, segments, query, headers, body)
-        except _Reply as reply:
+        except ApiError as reply:
             status = reply.status
             out_headers = {'Content-Type': 'application/json; charset=utf-8'}
             out_body = json.dumps({'error': {'type': reply.error_type, 'message': reply.message}}).encode()
@@ -341,8 +342,23 @@ class PlatformStandIn:
             self.responses[(kind, status)] += 1
         return status, out_headers, out_body, kind
 
+    def _run_storage_path(self, segments: list[str]) -> list[str]:
+        """`/v2/actor-runs/<id>/dataset/...` as `/v2/datasets/<its id>/...`; the same for its key-value store."""
+        if len(segments) < 4 or segments[:2] != ['v2', 'actor-runs'] or self._runs is None:
+            return segments
+        run = self._runs.by_id.get(segments[2])
+        if run is None:
+            return segments
+        if segments[3] == 'dataset':
+            return ['v2', 'datasets', run.default_dataset_id, *segments[4:]]
+        if segments[3] == 'key-value-store':
+            return ['v2', 'key-value-stores', run.default_key_value_store_id, *segments[4:]]
+        return segments
+
     @staticmethod
     def _kind(method: str, segments: list[str]) -> str:
+        if len(segments) >= 2 and segments[0] == 'v2' and segments[1] in ('datasets', 'acts', 'actors', 'actor-runs'):
+            return f'{segments[1]}_{method.lower()}'
         if len(segments) < 2 or segments[:2] != ['v2', 'key-value-stores']:
             return 'other'
         if len(segments) == 2:
@@ -365,7 +381,7 @@ class PlatformStandIn:
         auth = headers.get('authorization', '')
         token = auth.removeprefix('Bearer ').strip() if auth.startswith('Bearer ') else query.get('token')
         if token != self.token:
-            raise _Reply(401, 'token-not-valid', 'Authentication token is not valid.')
+            raise ApiError(401, 'token-not-valid', 'Authentication token is not valid.')
 
     def _dispatch(
         self,
@@ -377,10 +393,14 @@ class PlatformStandIn:
         body: bytes,
     ) -> tuple[int, dict[str, str], bytes]:
         json_headers = {'Content-Type': 'application/json; charset=utf-8'}
+        if kind.startswith('datasets_'):
+            return self.datasets.handle(method, segments, query, headers, body)
+        if kind.startswith(('acts_', 'actors_', 'actor-runs_')):
+            return self.runs.handle(method, segments, query, headers, body)
         if kind == 'store_get_or_create':
             return 201, json_headers, json.dumps({'data': self._store_json(self._get_or_create(query))}).encode()
         if kind == 'other':
-            raise _Reply(404, 'page-not-found', f'The stand-in does not implement {method} /{"/".join(segments)}')
+            raise ApiError(404, 'page-not-found', f'The stand-in does not implement {method} /{"/".join(segments)}')
         store = self._store(segments[2])
         if kind == 'store_get':
             store.accessed_at = time.time()
@@ -393,7 +413,7 @@ class PlatformStandIn:
             return 200, json_headers, json.dumps({'data': self._list_keys(store, query)}).encode()
         key = segments[4]
         if not KEY_PATTERN.match(key):
-            raise _Reply(
+            raise ApiError(
                 400,
                 'invalid-record-key',
                 f"Invalid record key {key[:300]!r}: a key must be 1-256 characters from a-zA-Z0-9!-_.'()",
@@ -409,7 +429,7 @@ class PlatformStandIn:
                 return 204, {}, b''
             store.stats['read'] += 1
         if record is None:
-            raise _Reply(404, 'record-not-found', 'Record was not found')
+            raise ApiError(404, 'record-not-found', 'Record was not found')
         if kind == 'record_head':
             return 200, {'Content-Type': record.content_type}, b''
         out_headers = {'Content-Type': record.content_type}
@@ -417,10 +437,18 @@ class PlatformStandIn:
             out_headers['Content-Encoding'] = record.encoding
         return 200, out_headers, record.body
 
+    def create_store(self, *, name: str | None) -> Store:
+        """Get the key-value store named `name`, or create it (a new unnamed one if `name` is None)."""
+        return self._get_or_create({'name': name} if name else {})
+
+    def put_record(self, store_id: str, key: str, body: bytes, content_type: str) -> None:
+        """Store a record as a client's PUT would (uncompressed)."""
+        self._put_record(self._store(store_id), key, {'content-type': content_type}, body)
+
     def _get_or_create(self, query: dict[str, str]) -> Store:
         name = query.get('name') or None
         if name is not None and not STORE_NAME_PATTERN.match(name):
-            raise _Reply(
+            raise ApiError(
                 400,
                 'invalid-value',
                 'Name can only contain letters a-z, A-Z, digits and hyphens, not at its start or end.',
@@ -438,9 +466,9 @@ class PlatformStandIn:
         try:
             limit = min(int(query.get('limit') or self.max_list_limit), self.max_list_limit)
         except ValueError:
-            raise _Reply(400, 'invalid-parameter', 'Parameter "limit" must be an integer') from None
+            raise ApiError(400, 'invalid-parameter', 'Parameter "limit" must be an integer') from None
         if limit < 1:
-            raise _Reply(400, 'invalid-parameter', 'Parameter "limit" must be at least 1')
+            raise ApiError(400, 'invalid-parameter', 'Parameter "limit" must be at least 1')
         start = query.get('exclusiveStartKey') or None
         prefix = query.get('prefix') or ''
         with self._lock:
@@ -473,11 +501,11 @@ class PlatformStandIn:
         if encoding == 'identity':
             encoding = ''
         try:
-            decoded = _decode(body, encoding)
+            decoded = decode_body(body, encoding)
         except (ValueError, OSError, zlib.error) as exc:
-            raise _Reply(400, 'invalid-request', f'The request body could not be decoded: {exc}') from None
+            raise ApiError(400, 'invalid-request', f'The request body could not be decoded: {exc}') from None
         if len(decoded) > self.max_record_bytes:
-            raise _Reply(
+            raise ApiError(
                 413,
                 'record-too-large',
                 f'The record is {len(decoded)} bytes; the maximum record size is {self.max_record_bytes} bytes.',
@@ -506,14 +534,17 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         body = self._read_body(headers)
         status, out_headers, out_body, _kind = self.server.api.handle(self.command, self.path, headers, body)
-        self.send_response(status)
-        for name, value in out_headers.items():
-            self.send_header(name, value)
-        no_body = self.command == 'HEAD' or status in (204, 304)
-        self.send_header('Content-Length', '0' if no_body else str(len(out_body)))
-        self.end_headers()
-        if not no_body:
-            self.wfile.write(out_body)
+        try:
+            self.send_response(status)
+            for name, value in out_headers.items():
+                self.send_header(name, value)
+            no_body = self.command == 'HEAD' or status in (204, 304)
+            self.send_header('Content-Length', '0' if no_body else str(len(out_body)))
+            self.end_headers()
+            if not no_body:
+                self.wfile.write(out_body)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (a run killed mid-request)
+            self.close_connection = True
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if 'chunked' in headers.get('transfer-encoding', '').lower():
