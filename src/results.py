@@ -337,15 +337,18 @@ def export(argv: list[str] | None = None) -> int:
     """`python -m src.results`: write a local crawl's results as JSON Lines or CSV."""
     parser = argparse.ArgumentParser(
         prog='python -m src.results',
-        description="Export a local crawl's results, each page once (reads the storage folder, changes nothing).",
+        description="Export a local crawl's results (reads the storage folder, changes nothing).",
     )
-    parser.add_argument('--storage', type=Path, default=Path('storage'), help='the storage folder (default: storage)')
-    parser.add_argument('--dataset', help="a named dataset (the input's datasetName); default: every run's dataset")
+    parser.add_argument(
+        '--storage-dir', '--storage', dest='storage', type=Path, default=Path('storage'), help='default: ./storage'
+    )
+    parser.add_argument('--dataset', help="a named dataset (the input's datasetName); default: the crawl's runs")
     parser.add_argument('--format', choices=['jsonl', 'csv'], default='jsonl')
     parser.add_argument('--output', type=Path, help='the file to write (default: standard output)')
     args = parser.parse_args(argv)
     if not (args.storage / 'datasets').is_dir():
-        print(f"ERROR {args.storage} holds no datasets: give the crawl's storage folder (--storage).", file=sys.stderr)
+        message = f"ERROR {args.storage} holds no datasets: give the crawl's storage folder (--storage-dir)."
+        print(message, file=sys.stderr)
         return 1
     if args.dataset and not (args.storage / 'datasets' / args.dataset).is_dir():
         print(f'ERROR {args.storage} holds no dataset named "{args.dataset}".', file=sys.stderr)

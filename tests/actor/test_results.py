@@ -131,7 +131,7 @@ def test_the_export_says_what_to_fix_for_a_folder_without_datasets(tmp_path: Pat
     nowhere = tmp_path / 'nowhere'
     done = export(nowhere)
     assert done.returncode == 1
-    assert done.stderr == f"ERROR {nowhere} holds no datasets: give the crawl's storage folder (--storage).\n"
+    assert done.stderr == f"ERROR {nowhere} holds no datasets: give the crawl's storage folder (--storage-dir).\n"
     (tmp_path / 'datasets').mkdir()
     done = export(tmp_path, '--dataset', 'missing')
     assert done.returncode == 1
