@@ -325,11 +325,14 @@ def crawl_results(storage: Path, *, dataset: str | None = None) -> Iterator[dict
         yield from local_items(storage, dataset)
         return
     crawl = local_crawl(storage)
-    folders = [storage, *local_child_folders(storage, crawl.crawl_id if crawl else None)]
     merger = ItemMerger()
-    for folder in folders:
+    own = list(local_items(storage))  # the result set once the crawl has merged, else the first run's pages
+    for item in own:
+        merger.present(item)
+    yield from own
+    for folder in local_child_folders(storage, crawl.crawl_id if crawl else None):
         for item in local_items(folder):
-            if merger.admit(str(folder), item):
+            if merger.admit(folder.name, item, merged_before=True):
                 yield item
 
 
