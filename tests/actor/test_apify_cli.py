@@ -109,3 +109,16 @@ def test_ctrl_c_under_apify_run_stops_cleanly_and_apify_run_no_purge_resumes(tmp
         assert len(urls) == len(set(urls)) == site.pages, 'the results of both attempts, each page once'
     finally:
         site.stop()
+
+
+def test_apify_run_refuses_an_unknown_input_field_before_it_purges(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / 'project')
+    storage = project / 'storage'
+    earlier = storage / 'datasets' / 'default' / '000000001.json'
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"url": "http://127.0.0.1:1/", "title": "an earlier result"}')
+    write_input(storage, {'startUrls': [{'url': 'http://127.0.0.1:1/'}], 'sharedStoreNme': 'typo'})
+    code, log = finish(start([str(APIFY), 'run'], cwd=project, log=tmp_path / 'out.log'), 60, tmp_path / 'out.log')
+    assert code != 0
+    assert 'Property input.sharedStoreNme is not allowed' in log
+    assert earlier.exists(), 'the CLI checked the input against the schema before purging the dataset'
