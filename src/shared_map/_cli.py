@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = list_stores
     try:
         asyncio.run(handler(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not reported at exit
     except (CliError, InvalidOptionError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
