@@ -89,13 +89,17 @@ async def prepare_shared_store(crawl_input: CrawlerInput) -> CrawlerInput:
 async def _warn_resume(crawl_input: CrawlerInput) -> None:
     kept = await _open_dataset_without_purge()
     name = crawl_input.shared_store_name
+    afresh = (
+        f'python -m src.shared_map reset {name} (or use another sharedStoreName)'
+        if crawl_input.named_crawl
+        else 'start with purging (`apify run`, `python -m src`): that is a new crawl'
+    )
     if kept:
         Actor.log.warning(
             f'Resuming the crawl in shared store "{name}": the {kept} results of earlier attempts stay in the '
-            f'dataset and new ones are added. To start afresh: python -m src.shared_map reset {name} '
-            '(or use another sharedStoreName).'
+            f'dataset and new ones are added. To start afresh: {afresh}.'
         )
-    elif _input_key().startswith('__CLI'):
+    elif crawl_input.named_crawl and _input_key().startswith('__CLI'):
         # `apify run` (unless --no-purge) deletes the default dataset itself before starting the actor when the
         # project has an input schema; nothing the actor does can bring it back.
         Actor.log.warning(

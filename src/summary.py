@@ -111,7 +111,7 @@ async def finish_run(
     verdict = await report_runs(
         summary, supervisor.children, store, whole_crawl=not crawl_input.is_child, stopped_by=supervisor.stop_signal
     )
-    if not crawl_input.is_child:  # the runs have ended: one result set, each page once
+    if not crawl_input.is_child:  # the runs have ended: one result set, every item of this crawl once
         merged = await merge_results(crawl_input, supervisor.children, store)
         await Actor.set_value('OUTPUT', summary | merged.to_summary())
     if verdict.exit_code:

@@ -49,8 +49,8 @@ def test_each_fresh_start_is_a_new_crawl_with_its_own_results(tmp_path: Path) ->
 
     try:
         # A depth-1 crawl with two runs, then two full crawls with the same input, into one named result set.
-        crawl({'startUrls': [{'url': site.url}], 'maxCrawlDepth': 1, 'parallelRuns': 2})
-        depth_1 = {item['url'] for item in dataset_items(storage)}
+        crawl({'startUrls': [{'url': f'{site.url}#top'}], 'maxCrawlDepth': 1, 'parallelRuns': 2})
+        depth_1 = [item['url'] for item in dataset_items(storage)]
         full: dict[str, Any] = {
             'startUrls': [{'url': site.url}, {'url': detail, 'label': 'DETAIL', 'userData': {'from': 'input'}}],
             'datasetName': 'all-results',
@@ -61,7 +61,8 @@ def test_each_fresh_start_is_a_new_crawl_with_its_own_results(tmp_path: Path) ->
         site.stop()
 
     assert 1 < len(fetched[0]) < PAGES, 'the depth-1 crawl fetched part of the site'
-    assert len(depth_1) == sum(fetched[0].values()), 'its results: exactly its own pages, each once'
+    assert len(set(depth_1)) == len(depth_1) == sum(fetched[0].values()), 'its results: exactly its pages, each once'
+    assert site.url in depth_1, "a result's url is the URL fetched, without the start URL's #fragment"
     for counts in fetched[1:]:
         assert len(counts) == PAGES, 'each fresh start is a new crawl: it fetches every page'
         assert set(counts.values()) == {1}, 'each page once'
