@@ -6,16 +6,11 @@ that started the others merges the datasets of *this crawl's* runs into the *res
 under `storage/parallel-runs/` tied to this crawl (`crawl.json`, earlier attempts of a resumed crawl too, never
 another crawl's); on the platform, the default datasets of the runs it started.
 
-What is merged once (`ItemMerger`):
-- an item with a `url` is identified by its page (the shared-map key of the URL, see `map_key`) and its position
-  among that page's items in its run's dataset: a handler that pushes two items for a page keeps both. A page two runs
-  fetched (after a crash, say) keeps the items of the first run in merge order; that is "fetched twice";
-- an item without a `url` is identified by its content: each is added once, also by a merge run again.
-
-A named result set may hold other crawls' items: this crawl's part starts at the offset recorded when the crawl first
-merged into it (`CRAWL.RESULTS.<dataset>` in the shared store, with the runs already merged), so a fresh crawl adds
-each of its pages once and keeps the old items, and a merge run again (a resume after a kill during the merge) adds
-only what is not there yet.
+What is merged once (`src/item_merger.py`): an item with a `url` by its page and its position among that page's
+items in its run's dataset (a handler that pushes two items for a page keeps both; a page two runs fetched keeps the
+first run's items: "fetched twice"); an item without a `url` by its content, each once. The merge's progress is
+recorded in the crawl's shared store, so a fresh crawl into an existing `datasetName` adds each of its items once and
+keeps the older items, and a merge run again (a resume after a kill during the merge) adds only what is missing.
 
 `python -m src.results` exports the results of a local crawl (JSON Lines or CSV) without changing a byte of the
 storage folder.
@@ -25,20 +20,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import sys
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apify import Actor
 
-from .crawl_identity import RESULTS_KEY_PREFIX, local_child_folders, local_crawl
-from .shared_map import map_key
+from .crawl_identity import local_child_folders, local_crawl
+from .item_merger import OWN, ItemMerger, MergeProgress, item_kind, local_progress, page_key
 
 if TYPE_CHECKING:
     from crawlee.storages import Dataset, KeyValueStore
@@ -49,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-URL_FIELD = 'url'
 BATCH = 500
 
 
@@ -77,12 +69,6 @@ class MergeReport:
         }
 
 
-def page_key(item: object) -> str | None:
-    """The page an item stands for (the shared-map key of its `url`), or None if it has no URL."""
-    url = item.get(URL_FIELD) if isinstance(item, Mapping) else None
-    return map_key(url) if isinstance(url, str) and url else None
-
-
 async def skip_saved_pages(manager: SharedRequestManager) -> int:
     """Mark the pages already in this run's dataset processed (a resumed or restarted run); how many were not yet."""
     dataset = await Actor.open_dataset()
@@ -93,77 +79,6 @@ async def skip_saved_pages(manager: SharedRequestManager) -> int:
     if marked:
         Actor.log.info(f'{marked} pages saved in this dataset by an earlier attempt are not fetched again.')
     return marked
-
-
-class ItemMerger:
-    """Decides which items of the crawl's run datasets a result set still lacks (see the module docstring).
-
-    Feed it first what the result set already holds of this crawl (`present`), then every source's items in merge
-    order (`admit`).
-    """
-
-    def __init__(self) -> None:
-        """An empty result set."""
-        self._present_pages: Counter[str] = Counter()
-        self._present_others: Counter[str] = Counter()
-        self._owner: dict[str, str] = {}
-        self._positions: Counter[str] = Counter()
-        self._others_seen: Counter[str] = Counter()
-        self._twice: set[tuple[str, str]] = set()
-        self.fetched_twice = 0
-        """Pages a later source held too: fetched by two runs of the crawl (counted once per extra run)."""
-
-    def present(self, item: object) -> None:
-        """Note an item the result set already holds."""
-        page = page_key(item)
-        if page is None:
-            self._present_others[content_key(item)] += 1
-        else:
-            self._present_pages[page] += 1
-
-    def admit(self, source: str, item: object, *, merged_before: bool = False) -> bool:
-        """Whether to add `item`, the next item of the run dataset `source` (sources come one after another).
-
-        Args:
-            source: The run dataset's id.
-            item: The item.
-            merged_before: Whether this source's items may be in the result set already (an earlier merge of it, cut
-                short or not): a page there is then not taken for fetched twice.
-        """
-        page = page_key(item)
-        if page is None:
-            content = content_key(item)
-            index = self._others_seen[content]
-            self._others_seen[content] += 1
-            return index >= self._present_others[content]
-        owner = self._owner.setdefault(page, source)
-        first = self._positions[page] == 0
-        if owner != source or (first and self._present_pages[page] and not merged_before):
-            self._count_twice(source, page)
-            if owner != source:
-                return False
-        index = self._positions[page]
-        self._positions[page] += 1
-        return index >= self._present_pages[page]
-
-    def note(self, source: str, item: object) -> None:
-        """Note an item of a source merged completely before (it is in the result set), counting nothing."""
-        page = page_key(item)
-        if page is None:
-            self._others_seen[content_key(item)] += 1
-        elif self._owner.setdefault(page, source) == source:
-            self._positions[page] += 1
-
-    def _count_twice(self, source: str, page: str) -> None:
-        if (source, page) not in self._twice:
-            self._twice.add((source, page))
-            self.fetched_twice += 1
-
-
-def content_key(item: object) -> str:
-    """An item's identity by content (for items without a `url`)."""
-    text = json.dumps(item, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 async def merge_results(crawl_input: CrawlerInput, children: list[ChildRun], store: KeyValueStore) -> MergeReport:
@@ -179,15 +94,16 @@ async def merge_results(crawl_input: CrawlerInput, children: list[ChildRun], sto
     report = MergeReport(dataset=name or 'default')
     progress = await MergeProgress.load(store, target)
     merger = ItemMerger()
-    offset = 0
     async for item in target.iterate_items():
-        if offset >= progress.offset:  # the items before are other crawls'
+        kind = progress.kind(report.items)
+        if kind == 'merged':
             merger.present(item)
-        offset += 1
-    report.items = offset
+        elif kind == 'ours' and not name:  # the first run's own pages, in its own dataset: the first source
+            merger.note(OWN, item)
+        report.items += 1
     sources: list[tuple[str, AsyncIterator[dict[str, Any]]]] = []
     if name:  # this run's own pages go to the result set too
-        sources.append(('own', _dataset_items(await Actor.open_dataset())))
+        sources.append((OWN, _dataset_items(await Actor.open_dataset())))
     if Actor.is_at_home():
         sources += [(child.run_id, _platform_run_items(child.run_id)) for child in children]
     else:
@@ -195,21 +111,13 @@ async def merge_results(crawl_input: CrawlerInput, children: list[ChildRun], sto
         sources += [(folder.name, _aiter(local_items(folder))) for folder in folders]
     for source, items in sources:
         report.runs += 1
-        if source in progress.merged:  # merged before a kill or a resume: its items are in the result set
-            async for item in items:
-                merger.note(source, item)
-            continue
-        # This run's own dataset grows when the crawl resumes, so it is merged again each time (adding what is new).
-        merged_before = source in ('own', progress.merging_before)
-        await progress.start(source)
         batch: list[dict[str, Any]] = []
         async for item in items:
-            if merger.admit(source, item, merged_before=merged_before):
+            if merger.admit(source, item):
                 batch.append(item)
             if len(batch) >= BATCH:
-                await _push(target, batch, report)
-        await _push(target, batch, report)
-        await progress.done(source, complete=source != 'own')
+                await _push(target, batch, report, progress)
+        await _push(target, batch, report, progress)
     report.duplicates = merger.fetched_twice
     runs = 'run dataset' if report.runs == 1 else 'run datasets'
     pages = 'page' if report.duplicates == 1 else 'pages'
@@ -220,57 +128,9 @@ async def merge_results(crawl_input: CrawlerInput, children: list[ChildRun], sto
     return report
 
 
-@dataclass
-class MergeProgress:
-    """What this crawl merged into a result set so far, kept in its shared store (`CRAWL.RESULTS.<dataset>`)."""
-
-    store: KeyValueStore
-    key: str
-    offset: int
-    """Where this crawl's items begin in the result set."""
-    merged: list[str]
-    """The sources merged completely."""
-    merging_before: str | None
-    """The source whose merge an earlier attempt started and did not finish."""
-    dataset_id: str
-
-    @classmethod
-    async def load(cls, store: KeyValueStore, target: Dataset) -> MergeProgress:
-        """The progress recorded for `target`; a new one (this crawl's part starting at its end) if none applies."""
-        metadata = await target.get_metadata()
-        key = f'{RESULTS_KEY_PREFIX}{metadata.name or "default"}'
-        value = await store.get_value(key)
-        if (
-            isinstance(value, dict)
-            and value.get('datasetId') == metadata.id
-            and isinstance(value.get('offset'), int)
-            and value['offset'] <= metadata.item_count  # else the dataset was emptied (purged) since
-        ):
-            merging = value.get('merging')
-            return cls(store, key, value['offset'], list(value.get('merged', [])), merging, metadata.id)
-        offset = metadata.item_count if metadata.name else 0  # the run's default dataset holds its own pages
-        progress = cls(store, key, offset, [], None, metadata.id)
-        await progress.save(None)
-        return progress
-
-    async def start(self, source: str) -> None:
-        """Note that `source` is being merged."""
-        await self.save(source)
-
-    async def done(self, source: str, *, complete: bool) -> None:
-        """Note that `source` is merged (`complete`: it never gets more items)."""
-        if complete:
-            self.merged.append(source)
-        await self.save(None)
-
-    async def save(self, merging: str | None) -> None:
-        """Write the record."""
-        record = {'version': 1, 'datasetId': self.dataset_id, 'offset': self.offset, 'merged': self.merged}
-        await self.store.set_value(self.key, record | {'merging': merging})
-
-
-async def _push(target: Dataset, batch: list[dict[str, Any]], report: MergeReport) -> None:
+async def _push(target: Dataset, batch: list[dict[str, Any]], report: MergeReport, progress: MergeProgress) -> None:
     if batch:
+        await progress.appending(report.items, len(batch))  # first: a kill during the push leaves them covered
         await target.push_data(list(batch))
         report.added += len(batch)
         report.items += len(batch)
@@ -325,14 +185,17 @@ def crawl_results(storage: Path, *, dataset: str | None = None) -> Iterator[dict
         yield from local_items(storage, dataset)
         return
     crawl = local_crawl(storage)
+    offset, appended = local_progress(storage / 'key_value_stores' / crawl.store_name) if crawl else (0, [])
     merger = ItemMerger()
-    own = list(local_items(storage))  # the result set once the crawl has merged, else the first run's pages
-    for item in own:
-        merger.present(item)
-    yield from own
+    for index, item in enumerate(local_items(storage)):  # the result set once the crawl has merged
+        if item_kind(index, offset, appended) == 'merged':
+            merger.present(item)
+        else:  # the first run's own pages
+            merger.note(OWN, item)
+        yield item
     for folder in local_child_folders(storage, crawl.crawl_id if crawl else None):
         for item in local_items(folder):
-            if merger.admit(folder.name, item, merged_before=True):
+            if merger.admit(folder.name, item):
                 yield item
 
 

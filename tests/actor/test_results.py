@@ -188,5 +188,5 @@ async def test_the_merge_keeps_every_item_once_also_when_a_merge_was_cut_short(
         items = [item async for item in (await Actor.open_dataset()).iterate_items()]
     expected = [{'url': f'{site}/a'}, {'note': 'n1'}, b1, b2, {'note': 'n2'}, {'url': f'{site}/c'}, d1, d2]
     assert sorted(map(json.dumps, items)) == sorted(map(json.dumps, expected)), 'every item once, no other crawl'
-    assert (resumed.added, resumed.duplicates) == (4, 1), '/b of the second run: fetched twice'
-    assert (again.added, again.items) == (0, 8)
+    assert (resumed.added, resumed.duplicates) == (4, 2), '/a and /b were fetched by two runs each'
+    assert (again.added, again.items, again.duplicates) == (0, 8, 2), 'a merge run again adds nothing'
