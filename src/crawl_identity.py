@@ -11,8 +11,8 @@ in its *default* key-value store (`SHARED_CRAWL`), so what keeps that store keep
 Runs started by the first one get the crawl's store in their input (`sharedStoreName`); they never derive their own.
 
 The shared store holds the crawl's id (`CRAWL.ID`, written once by its first run), which ties everything else to the
-crawl: a local child run's folder (its `crawl.json`) and the offset in a named result set where this crawl's items
-begin (`CRAWL.RESULTS.<dataset>`, see `src/results.py`). `python -m src.shared_map reset` deletes these records with
+crawl: a local child run's folder (its `crawl.json`) and what the crawl merged into a result set
+(`CRAWL.RESULTS.<dataset id>`, see `src/item_merger.py`). `python -m src.shared_map reset` deletes these records with
 the map, so the next crawl with that store is a new one.
 """
 
@@ -38,7 +38,7 @@ CRAWL_RECORD = 'SHARED_CRAWL'
 CRAWL_ID_KEY = 'CRAWL.ID'
 """Key of the crawl's id in the shared store."""
 RESULTS_KEY_PREFIX = 'CRAWL.RESULTS.'
-"""Keys (in the shared store) of where this crawl's items begin in a named result set."""
+"""Prefix of the keys (in the shared store) of what the crawl merged into a result set (see `src/item_merger.py`)."""
 CHILD_MARKER = 'crawl.json'
 """A local child run's file (beside its storages) naming the crawl it took part in."""
 VERSION = 1
@@ -94,6 +94,14 @@ async def crawl_id_of(store: KeyValueStore, *, create: bool) -> str | None:
     crawl_id = secrets.token_hex(6)
     await store.set_value(CRAWL_ID_KEY, {'version': VERSION, 'crawlId': crawl_id, 'createdAt': int(time.time())})
     return crawl_id
+
+
+def results_key(dataset_id: str) -> str:
+    """The key of what the crawl merged into the dataset `dataset_id`.
+
+    By id, not name: runs on two machines have a default dataset each, and so has a named dataset locally.
+    """
+    return f'{RESULTS_KEY_PREFIX}{dataset_id}'
 
 
 def mark_child_folder(folder: Path, crawl_id: str) -> None:

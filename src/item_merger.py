@@ -5,7 +5,7 @@ that page's items in its run's dataset; a page two runs fetched keeps the items 
 (that is "fetched twice"). An item without a `url` is identified by its content and by how many items of the same
 content came before it in merge order: each is added once.
 
-What this crawl added to a result set is recorded in its shared store (`CRAWL.RESULTS.<dataset>`): where its part
+What this crawl added to a result set is recorded in its shared store (`CRAWL.RESULTS.<dataset id>`): where its part
 of the result set begins (a named result set may hold other crawls' items before it), the ranges of items the merge
 appended (written before each append, so a kill in the middle leaves them covered). A merge run again (a resume
 after a kill during the merge, or of the crawl) reads it back, goes through every source again and appends only
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .crawl_identity import RESULTS_KEY_PREFIX
+from .crawl_identity import results_key
 from .shared_map import map_key
 
 if TYPE_CHECKING:
@@ -103,10 +103,15 @@ def item_kind(index: int, offset: int, appended: list[list[int]]) -> str | None:
     return 'merged' if any(start <= index < end for start, end in appended) else 'ours'
 
 
-def local_progress(store_folder: Path, dataset: str = 'default') -> tuple[int, list[list[int]]]:
-    """The offset and appended ranges recorded in a local shared store's folder (read from its file)."""
+def local_progress(store_folder: Path | None, dataset_id: str) -> tuple[int, list[list[int]]]:
+    """The offset and appended ranges recorded in a local shared store's folder (read from its file).
+
+    None recorded (no store, or nothing merged yet): `(0, [])`, every item of the dataset is the first run's own.
+    """
+    if store_folder is None:
+        return 0, []
     try:
-        value = json.loads((store_folder / f'{RESULTS_KEY_PREFIX}{dataset}').read_text(encoding='utf-8'))
+        value = json.loads((store_folder / results_key(dataset_id)).read_text(encoding='utf-8'))
     except (OSError, ValueError):
         return 0, []
     if not isinstance(value, dict) or not isinstance(value.get('offset'), int):
@@ -130,7 +135,7 @@ class MergeProgress:
     async def load(cls, store: KeyValueStore, target: Dataset) -> MergeProgress:
         """The progress recorded for `target`; a new one (this crawl's part starting at its end) if none applies."""
         metadata = await target.get_metadata()
-        key = f'{RESULTS_KEY_PREFIX}{metadata.name or "default"}'
+        key = results_key(metadata.id)
         value: Any = await store.get_value(key)
         if (
             isinstance(value, dict)

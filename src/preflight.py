@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from apify import Actor
 
-from .crawl_identity import CRAWL_RECORD, Crawl, crawl_id_of, new_store_name, recorded_store_name
+from .crawl_identity import CRAWL_RECORD, Crawl, crawl_id_of, new_store_name, recorded_store_name, results_key
 from .crawl_options import CrawlOptions, prepare_crawl_options
 from .input import CrawlerInput, InputError
 from .shared_map import InvalidOptionError, StoreUnavailableError, check_store_name, open_store
@@ -82,12 +82,14 @@ async def prepare_shared_store(crawl_input: CrawlerInput) -> CrawlerInput:
                 '`apify run --no-purge`, resumes it; set sharedStoreName to name a crawl you continue later).'
             )
         return crawl_input
-    await _warn_resume(crawl_input)
+    kept, dataset_id = await _open_dataset_without_purge()
+    if not kept:  # emptied since an earlier merge into it (a purge): what that merge recorded no longer holds
+        await store.delete_value(results_key(dataset_id))
+    _warn_resume(crawl_input, kept)
     return crawl_input
 
 
-async def _warn_resume(crawl_input: CrawlerInput) -> None:
-    kept = await _open_dataset_without_purge()
+def _warn_resume(crawl_input: CrawlerInput, kept: int) -> None:
     name = crawl_input.shared_store_name
     afresh = (
         f'python -m src.shared_map reset {name} (or use another sharedStoreName)'
@@ -130,8 +132,8 @@ async def holds_shared_map(store: KeyValueStore, prefix: str = 'SM') -> bool:
     return False
 
 
-async def _open_dataset_without_purge() -> int:
-    """Open the run's default dataset without purging it (it stays open for the crawler); its item count."""
+async def _open_dataset_without_purge() -> tuple[int, str]:
+    """Open the run's default dataset without purging it (it stays open for the crawler); its item count and id."""
     configuration = Actor.configuration
     purge = configuration.purge_on_start
     configuration.purge_on_start = False  # read when the dataset is first opened; crawlee caches it after that
@@ -139,4 +141,5 @@ async def _open_dataset_without_purge() -> int:
         dataset = await Actor.open_dataset()
     finally:
         configuration.purge_on_start = purge
-    return (await dataset.get_metadata()).item_count
+    metadata = await dataset.get_metadata()
+    return metadata.item_count, metadata.id

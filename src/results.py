@@ -185,7 +185,8 @@ def crawl_results(storage: Path, *, dataset: str | None = None) -> Iterator[dict
         yield from local_items(storage, dataset)
         return
     crawl = local_crawl(storage)
-    offset, appended = local_progress(storage / 'key_value_stores' / crawl.store_name) if crawl else (0, [])
+    store_folder = storage / 'key_value_stores' / crawl.store_name if crawl else None
+    offset, appended = local_progress(store_folder, _local_dataset_id(storage))
     merger = ItemMerger()
     for index, item in enumerate(local_items(storage)):  # the result set once the crawl has merged
         if item_kind(index, offset, appended) == 'merged':
@@ -197,6 +198,14 @@ def crawl_results(storage: Path, *, dataset: str | None = None) -> Iterator[dict
         for item in local_items(folder):
             if merger.admit(folder.name, item):
                 yield item
+
+
+def _local_dataset_id(storage: Path) -> str:
+    try:
+        metadata = json.loads((storage / 'datasets' / 'default' / '__metadata__.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return ''
+    return str(metadata.get('id', '')) if isinstance(metadata, dict) else ''
 
 
 def export(argv: list[str] | None = None) -> int:
