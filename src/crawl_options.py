@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from apify import Actor
-from crawlee import ConcurrencySettings, Glob
+from crawlee import ConcurrencySettings, Glob, Request
 from crawlee.http_clients import HttpClient, ImpitHttpClient
 from crawlee.request_loaders import SitemapRequestLoader
 
@@ -135,14 +135,15 @@ class CrawlOptions:
     """The crawl options of one run, built from its input by `prepare_crawl_options()`."""
 
     links: LinkRules
-    start_urls: list[str]
+    start_urls: list[str | Request]
+    """A start URL with request fields in the input (`label`, `userData`, `method`, ...) is a `Request`."""
     crawler_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the crawler (`BeautifulSoupCrawler`) but its request handler: see `crawler_kwargs()`."""
     max_requests_per_minute: int | None = None
     _start_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._start_keys = {map_key(url) for url in self.start_urls}
+        self._start_keys = {map_key(url if isinstance(url, str) else url.url) for url in self.start_urls}
 
     def allows(self, url: str) -> bool:
         """Whether `url` may be fetched: a start URL always (as in Apify's crawlers), others unless excluded."""
@@ -205,10 +206,16 @@ async def prepare_crawl_options(crawl_input: CrawlerInput) -> CrawlOptions:
         crawler_options['proxy_configuration'] = await _proxy_configuration(crawl_input.proxy_configuration)
     return CrawlOptions(
         links=links,
-        start_urls=list(dict.fromkeys(start_urls)),
+        start_urls=[_start_request(url, crawl_input.start_url_fields) for url in dict.fromkeys(start_urls)],
         crawler_options=crawler_options,
         max_requests_per_minute=crawl_input.max_requests_per_minute,
     )
+
+
+def _start_request(url: str, fields: dict[str, dict[str, Any]]) -> str | Request:
+    """`url`, as a `Request` with its fields if the input gives any (the label routes it to its handler)."""
+    options = fields.get(url)
+    return Request.from_url(url, **options) if options else url
 
 
 async def _proxy_configuration(proxy_input: dict[str, Any]) -> ProxyConfiguration | None:

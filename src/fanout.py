@@ -4,8 +4,9 @@ On the Apify platform they are new runs of this actor (`Actor.start`), whose ids
 key-value store (`PARALLEL-RUNS`): a migrated first run, restarted under the same run id, takes them up again instead
 of starting more. Stopping the first run (Console's Abort: the ABORTING event, then SIGTERM) aborts them through the
 API. Locally they are child processes (`python -m src`), each with its own storage folder under
-`<storage>/parallel-runs/<run id>/` (its own queue, dataset and INPUT, purged only by itself); they share only the
-named store, opened from the parent's folder.
+`<storage>/parallel-runs/<run id>/` (its own queue, dataset and INPUT, purged only by itself, and a `crawl.json`
+naming the crawl it took part in); they share only the named store, opened from the parent's folder. Either way a
+child gets the crawl's store in its input (`sharedStoreName`): it joins this crawl, never starts its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from apify import Actor, Event
 
+from .crawl_identity import mark_child_folder
 from .input import CrawlerInput
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -154,8 +156,10 @@ def signal_name(signum: int) -> str:
 
 
 def child_input(crawl_input: CrawlerInput, parent_run_id: str, local_storage: Path | None) -> dict[str, Any]:
-    """The input of a child run: the parent's, marked as a child; locally also where the shared store is."""
+    """The input of a child run: the parent's, marked as a child, with the crawl's store; locally also where it is."""
     raw = {**crawl_input.raw, 'parentRunId': parent_run_id}
+    if crawl_input.shared_store_name:
+        raw['sharedStoreName'] = crawl_input.shared_store_name
     if local_storage is not None and not crawl_input.shared_storage_connection:
         raw['sharedStorageConnection'] = f'file://{local_storage.resolve()}'
     return raw
@@ -219,6 +223,8 @@ def _start_local_child(crawl_input: CrawlerInput, parent_run_id: str, storage: P
     storage_dir = storage / 'parallel-runs' / run_id
     input_dir = storage_dir / 'key_value_stores' / 'default'
     input_dir.mkdir(parents=True, exist_ok=True)
+    if crawl_input.crawl_id is not None:
+        mark_child_folder(storage_dir, crawl_input.crawl_id)
     (input_dir / 'INPUT.json').write_text(json.dumps(child_input(crawl_input, parent_run_id, storage), indent=2))
     log = (storage_dir / 'log.txt').open('wb')
     # The child starts with SIGINT ignored (an ignored signal stays ignored across exec, and Python then installs no

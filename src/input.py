@@ -16,6 +16,7 @@ from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connecti
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
 PROXY_URL = re.compile(r'^(?:https?|socks[45]h?)://[^/\s]+/?$', re.IGNORECASE)
+HTTP_METHODS = frozenset({'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'})
 URL_GLOB = re.compile(r'^https?\*?://', re.IGNORECASE)
 KNOWN_FIELDS = {
     'startUrls',
@@ -52,11 +53,14 @@ class CrawlerInput:
     start_urls: list[str]
     start_url_lists: list[str]
     """URLs of text files listing more start URLs (`{"requestsFromUrl": ...}` entries of `startUrls`)."""
+    start_url_fields: dict[str, dict[str, Any]]
+    """Request fields of start URLs that give any (`label`, `userData`, `method`, `payload`, `headers`), by URL."""
     max_requests_per_crawl: int | None
     max_crawl_depth: int | None
     max_concurrency: int
     max_request_retries: int
     shared_store_name: str
+    """The crawl's shared store; empty until `preflight` names an unnamed crawl's own store (see `named_crawl`)."""
     shared_storage_connection: str | None
     sync_interval_secs: float
     dead_run_timeout_secs: float
@@ -81,6 +85,13 @@ class CrawlerInput:
     """The named dataset that holds the crawl's merged results; None: the first run's default dataset."""
     raw: dict[str, Any]
     unknown_fields: list[str]
+    crawl_id: str | None = None
+    """The crawl's id, from its shared store (set by `preflight`)."""
+
+    @property
+    def named_crawl(self) -> bool:
+        """Whether the input names the crawl (`sharedStoreName`): re-running with the name continues it."""
+        return bool(self.raw.get('sharedStoreName'))
 
     @property
     def is_child(self) -> bool:
@@ -101,15 +112,16 @@ class CrawlerInput:
         for name, known in _likely_typos(unknown).items():
             problems.append(f'Unknown input field {name}: did you mean {known}?')
         fields = _Fields(raw, problems)
-        start_urls, start_url_lists = _start_urls(raw.get('startUrls'), problems)
+        start_urls, start_url_lists, start_url_fields = _start_urls(raw.get('startUrls'), problems)
         parsed = cls(
             start_urls=start_urls,
             start_url_lists=start_url_lists,
+            start_url_fields=start_url_fields,
             max_requests_per_crawl=fields.integer('maxRequestsPerCrawl', default=0, minimum=0) or None,
             max_crawl_depth=fields.integer('maxCrawlDepth', default=None, minimum=0),
             max_concurrency=fields.integer('maxConcurrency', default=10, minimum=1, maximum=1000) or 10,
             max_request_retries=fields.integer('maxRequestRetries', default=3, minimum=0, maximum=100) or 0,
-            shared_store_name=fields.store_name('sharedStoreName', default='shared-crawl-state'),
+            shared_store_name=fields.store_name('sharedStoreName', default=''),
             shared_storage_connection=fields.connection('sharedStorageConnection'),
             sync_interval_secs=fields.number('syncIntervalSecs', default=10.0, minimum=0.1, maximum=3600),
             dead_run_timeout_secs=fields.number('deadRunTimeoutSecs', default=120.0, minimum=1, maximum=86400),
@@ -190,16 +202,17 @@ def check_local_input_file() -> None:
             ) from None
 
 
-def _start_urls(value: object, problems: list[str]) -> tuple[list[str], list[str]]:
-    """The start URLs, and the URLs of the text files that list more (`requestsFromUrl` entries)."""
+def _start_urls(value: object, problems: list[str]) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """The start URLs, the URLs of the text files that list more (`requestsFromUrl`), and their request fields."""
     if value is None or value == []:
         problems.append('startUrls is required: give at least one URL, e.g. [{"url": "https://crawlee.dev"}].')
-        return [], []
+        return [], [], {}
     if not isinstance(value, list):
         problems.append('startUrls must be a list such as [{"url": "https://crawlee.dev"}].')
-        return [], []
+        return [], [], {}
     urls: list[str] = []
     lists: list[str] = []
+    fields: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(value):
         from_url = isinstance(item, dict) and 'requestsFromUrl' in item and 'url' not in item
         url = item.get('requestsFromUrl' if from_url else 'url') if isinstance(item, dict) else item
@@ -215,7 +228,53 @@ def _start_urls(value: object, problems: list[str]) -> tuple[list[str], list[str
             problems.append(f'startUrls[{index}]{field} "{url:.200}" is not an http(s) URL with a host.')
             continue
         (lists if from_url else urls).append(url.strip())
-    return urls, lists
+        if isinstance(item, dict) and not from_url and (options := _request_fields(item, index, problems)):
+            fields[url.strip()] = options
+    return urls, lists, fields
+
+
+def _request_fields(item: dict[str, Any], index: int, problems: list[str]) -> dict[str, Any]:
+    """The request fields of a start URL as Apify's start-URL editor gives them, as `Request.from_url` options."""
+    options: dict[str, Any] = {}
+    where = f'startUrls[{index}]'
+    label, user_data = item.get('label'), item.get('userData')
+    method, payload, headers = item.get('method'), item.get('payload'), item.get('headers')
+    if label is not None and label != '':
+        if isinstance(label, str):
+            options['label'] = label
+        else:
+            problems.append(f'{where}.label must be a string (the name of a route), got {label!r:.80}.')
+    if user_data is not None:
+        if isinstance(user_data, dict):
+            data = dict(user_data)
+            if isinstance(data.get('label'), str) and 'label' not in options:  # crawlee keeps the label there too
+                options['label'] = data['label']
+            data.pop('label', None)
+            if data:
+                options['user_data'] = data
+        else:
+            problems.append(
+                f'{where}.userData must be an object such as {{"category": "shoes"}}, got {user_data!r:.80}.'
+            )
+    if method is not None:
+        if isinstance(method, str) and method.upper() in HTTP_METHODS:
+            if method.upper() != 'GET':
+                options['method'] = method.upper()
+        else:
+            problems.append(f'{where}.method must be one of {", ".join(sorted(HTTP_METHODS))}, got {method!r:.80}.')
+    if payload is not None and payload != '':
+        if isinstance(payload, str):
+            options['payload'] = payload
+        else:
+            problems.append(f'{where}.payload must be a string (the request body), got {payload!r:.80}.')
+    if headers is not None and headers != {}:
+        if isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            options['headers'] = headers
+        else:
+            problems.append(
+                f'{where}.headers must be an object of strings such as {{"Accept": "text/html"}}, got {headers!r:.80}.'
+            )
+    return options
 
 
 class _Fields:
@@ -329,7 +388,7 @@ class _Fields:
             self._problems.append(
                 f'{name} "{value}" is not allowed: crawlee purges the default key-value store when a run starts, so '
                 "runs sharing it would delete each other's INPUT and state. Use another name, e.g. "
-                '"shared-crawl-state".'
+                '"my-crawl".'
             )
             return default
         if not STORE_NAME.match(value):

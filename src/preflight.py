@@ -1,4 +1,7 @@
-"""Checks a run makes before it starts other runs: the shared store is reachable, and a resume keeps earlier results.
+"""Checks a run makes before it starts other runs: its crawl, its shared store reachable, earlier results kept.
+
+Which crawl a run belongs to is decided here (see `src/crawl_identity.py`): the input's `sharedStoreName`, or the
+unnamed crawl this run's default store records (a resume), or a new one.
 
 A crawl is *resumed* when its shared store already holds a shared map: the pages processed by earlier attempts are
 not fetched again, so their results exist only in the datasets those attempts wrote. crawlee purges the run's
@@ -8,12 +11,14 @@ module opens it first, without purging, so the earlier results stay and new ones
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING
 
 from apify import Actor
 
+from .crawl_identity import CRAWL_RECORD, Crawl, crawl_id_of, new_store_name, recorded_store_name, results_key
 from .crawl_options import CrawlOptions, prepare_crawl_options
 from .input import CrawlerInput, InputError
 from .shared_map import InvalidOptionError, StoreUnavailableError, open_store
@@ -31,7 +36,7 @@ async def read_input() -> tuple[CrawlerInput, CrawlOptions] | None:
     """
     try:
         crawl_input = CrawlerInput.parse(await Actor.get_input() or {})
-        await prepare_shared_store(crawl_input)  # before children start: store reachable, earlier results kept
+        crawl_input = await prepare_shared_store(crawl_input)  # before children start; names an unnamed crawl's store
         options = await prepare_crawl_options(crawl_input)
     except InputError as exc:
         Actor.log.error(str(exc))
@@ -42,34 +47,61 @@ async def read_input() -> tuple[CrawlerInput, CrawlOptions] | None:
     return crawl_input, options
 
 
-async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:
-    """Open the shared store before any child run starts; when it already holds a crawl, keep this run's dataset.
+async def prepare_shared_store(crawl_input: CrawlerInput) -> CrawlerInput:
+    """Decide which crawl this run takes part in and open its store before any child run starts.
+
+    When the store already holds a crawl, this run's dataset is kept (a resume adds to it).
 
     Returns:
-        Whether the store already held a crawl (this run resumes or joins it).
+        The input with the crawl's store (`shared_store_name`) and id (`crawl_id`).
 
     Raises:
         InputError: one line saying what to fix when the store cannot be opened (an unreachable database, with
             host and port but no password; a name crawlee would purge).
     """
     if not crawl_input.use_shared_map:
-        return False
+        return crawl_input
+    recorded = None if crawl_input.named_crawl or crawl_input.is_child else await recorded_store_name()
+    name = crawl_input.shared_store_name or recorded or new_store_name()
+    crawl_input = dataclasses.replace(crawl_input, shared_store_name=name)
     try:
         store = await _open(crawl_input)
     except (StoreUnavailableError, InvalidOptionError) as exc:
         field = 'sharedStorageConnection' if crawl_input.shared_storage_connection else 'sharedStoreName'
         raise InputError(f'{field}: {exc}') from None
-    if not await holds_shared_map(store):
-        return False
-    kept = await _open_dataset_without_purge()
+    resumed = await holds_shared_map(store)
+    crawl_id = await crawl_id_of(store, create=not crawl_input.is_child)
+    crawl_input = dataclasses.replace(crawl_input, crawl_id=crawl_id)
+    if crawl_input.is_child or crawl_id is None:
+        return crawl_input
+    await Actor.set_value(CRAWL_RECORD, Crawl(crawl_id, name, named=crawl_input.named_crawl).to_record())
+    if not resumed:
+        if not crawl_input.named_crawl:
+            Actor.log.info(
+                f'A new crawl, with its state in the shared store "{name}" (a start without purging, e.g. '
+                '`apify run --no-purge`, resumes it; set sharedStoreName to name a crawl you continue later).'
+            )
+        return crawl_input
+    kept, dataset_id = await _open_dataset_without_purge()
+    if not kept:  # emptied since an earlier merge into it (a purge): what that merge recorded no longer holds
+        await store.delete_value(results_key(dataset_id))
+    _warn_resume(crawl_input, kept)
+    return crawl_input
+
+
+def _warn_resume(crawl_input: CrawlerInput, kept: int) -> None:
     name = crawl_input.shared_store_name
+    afresh = (
+        f'python -m src.shared_map reset {name} (or use another sharedStoreName)'
+        if crawl_input.named_crawl
+        else 'start with purging (`apify run`, `python -m src`): that is a new crawl'
+    )
     if kept:
         Actor.log.warning(
             f'Resuming the crawl in shared store "{name}": the {kept} results of earlier attempts stay in the '
-            f'dataset and new ones are added. To start afresh: python -m src.shared_map reset {name} '
-            '(or use another sharedStoreName).'
+            f'dataset and new ones are added. To start afresh: {afresh}.'
         )
-    elif not crawl_input.is_child and _input_key().startswith('__CLI'):
+    elif crawl_input.named_crawl and _input_key().startswith('__CLI'):
         # `apify run` (unless --no-purge) deletes the default dataset itself before starting the actor when the
         # project has an input schema; nothing the actor does can bring it back.
         Actor.log.warning(
@@ -79,7 +111,6 @@ async def prepare_shared_store(crawl_input: CrawlerInput) -> bool:
         )
     else:
         Actor.log.info(f'The shared store "{name}" already holds a crawl: continuing it.')
-    return True
 
 
 def _input_key() -> str:
@@ -99,8 +130,8 @@ async def holds_shared_map(store: KeyValueStore, prefix: str = 'SM') -> bool:
     return False
 
 
-async def _open_dataset_without_purge() -> int:
-    """Open the run's default dataset without purging it (it stays open for the crawler); its item count."""
+async def _open_dataset_without_purge() -> tuple[int, str]:
+    """Open the run's default dataset without purging it (it stays open for the crawler); its item count and id."""
     configuration = Actor.configuration
     purge = configuration.purge_on_start
     configuration.purge_on_start = False  # read when the dataset is first opened; crawlee caches it after that
@@ -108,4 +139,5 @@ async def _open_dataset_without_purge() -> int:
         dataset = await Actor.open_dataset()
     finally:
         configuration.purge_on_start = purge
-    return (await dataset.get_metadata()).item_count
+    metadata = await dataset.get_metadata()
+    return metadata.item_count, metadata.id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urldefrag
+
 from crawlee.crawlers import BeautifulSoupCrawlingContext
 from crawlee.router import Router
 
@@ -19,7 +21,7 @@ async def default_handler(context: BeautifulSoupCrawlingContext) -> None:
     title = context.soup.title.get_text(strip=True) if context.soup.title else None
     await context.push_data(
         {
-            'url': context.request.url,
+            'url': urldefrag(context.request.url).url,  # the URL fetched: a #fragment is not sent to the server
             'loadedUrl': context.request.loaded_url,
             'title': title,
             'depth': context.request.crawl_depth,

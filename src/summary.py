@@ -102,8 +102,8 @@ async def finish_run(
             verdict.warnings,
         )
         Actor.log.error(verdict.message)
-    if not crawl_input.is_child:  # the runs have ended: one result set, each page once
-        merged = await merge_results(crawl_input, supervisor.children)
+    if not crawl_input.is_child:  # the runs have ended: one result set, every item of this crawl once
+        merged = await merge_results(crawl_input, supervisor.children, store)
         await Actor.set_value('OUTPUT', summary | merged.to_summary())
     if verdict.exit_code:
         await Actor.fail(exit_code=verdict.exit_code, status_message=verdict.message)
@@ -174,7 +174,8 @@ def judge(rows: list[dict[str, Any]], *, whole_crawl: bool, stopped_by: int | No
         )
     if whole_crawl and all(row['status'] != OK for row in rows):
         return Verdict(1, f'Every run failed ({pages} pages processed).', warnings)
-    return Verdict(0, f'The crawl ended: {pages} pages processed by {len(rows)} runs.', warnings)
+    runs = 'run' if len(rows) == 1 else 'runs'
+    return Verdict(0, f'The crawl ended: {pages} pages processed by {len(rows)} {runs}.', warnings)
 
 
 def top_error(crawler: BasicCrawler[Any, Any]) -> str | None:

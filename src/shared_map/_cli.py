@@ -1,4 +1,10 @@
-"""`python -m src.shared_map inspect|export|reset STORE`: look into, dump or clear a shared store."""
+"""`python -m src.shared_map inspect|export|reset STORE`: look into, dump or clear a shared store.
+
+`inspect` without a store lists the stores of the folder (or database) that hold a shared map, e.g. the crawls of a
+project (`crawl-<time>-<random>` for each crawl started without a `sharedStoreName`), with their runs' state.
+`reset` refuses a store that live runs are using (seen by their heartbeats): it would be undone by their next sync
+and they would fetch pages again; `--force` resets anyway (for runs that are dead but not yet silent for long).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -221,14 +228,26 @@ def _write_export(shared: SharedMap, file_format: str, output: str) -> None:
             out.close()
 
 
+CRAWL_RECORDS = 'CRAWL.'
+"""Prefix of the records a crawler keeps about its crawl beside the map (its id, its merge progress): reset with it."""
+
+
 async def reset(args: argparse.Namespace) -> None:
-    """Delete the shared map's records (after confirmation)."""
+    """Delete the shared map's records (after confirmation), unless live runs use them (see the module docstring)."""
     async with _open(args, writable=True) as store:
+        live = await _live_runs(store, args)
+        if live and not args.force:
+            raise CliError(
+                f'{len(live)} live {"run uses" if len(live) == 1 else "runs use"} the store "{args.store}": '
+                f'{", ".join(live)}. A reset now would be undone by their next sync, and they would fetch pages again. '
+                'Stop them first (Ctrl-C, or abort them), or wait until they end; if they are dead, add --force '
+                f'(runs silent for {args.dead_after:g} s count as dead).'
+            )
         doomed = [
             meta.key
             async for meta in store.iterate_keys()
-            # The map's records and its request-info map's; --all: every record of the store.
-            if meta.key.startswith((f'{args.prefix}.', f'{info_prefix(args.prefix)}.')) or args.all
+            # The map's records, its request-info map's and the crawl's; --all: every record of the store.
+            if meta.key.startswith((f'{args.prefix}.', f'{info_prefix(args.prefix)}.', CRAWL_RECORDS)) or args.all
         ]
         if not args.yes:
             print(f'This deletes {len(doomed)} records from "{args.store}". Type the store name to confirm: ', end='')
@@ -238,6 +257,64 @@ async def reset(args: argparse.Namespace) -> None:
         for key in doomed:
             await store.delete_value(key)
     print(f'Deleted {len(doomed)} records; the next crawl with this store starts afresh.')
+
+
+async def _live_runs(store: KeyValueStore, args: argparse.Namespace) -> list[str]:
+    """The runs whose heartbeats say they are using the store, with when each last synced."""
+    shared = await _load(store, args.prefix)
+    live = [run for run in shared.live_runs(dead_after_secs=args.dead_after) if run != shared.run_id]
+    described = []
+    for run in live:
+        record = await store.get_value(Keys(args.prefix).run(run))
+        body = json.loads(record) if isinstance(record, (bytes, str)) else record
+        synced = body.get('lastSyncAt') if isinstance(body, dict) else None
+        described.append(f'{run} (last sync {_when(synced)})' if synced else run)
+    return described
+
+
+async def list_stores(args: argparse.Namespace) -> None:
+    """Print the stores of a local folder that hold a shared map, with their runs' state."""
+    folder, names = _local_stores(args.storage_dir)
+    rows = []
+    for name in names:
+        store_args = argparse.Namespace(**{**vars(args), 'store': name})
+        try:
+            async with _open(store_args) as store:
+                runs = await _run_states(store, args)
+        except CliError:
+            continue  # not a shared map
+        rows.append(f'  {name}  {runs}')
+    if not rows:
+        raise CliError(f'No store in {folder} holds a shared map.')
+    print(f'Stores with a shared map in {folder} (inspect one: inspect NAME; remove one: reset NAME):')
+    print('\n'.join(rows))
+
+
+def _local_stores(storage_dir: str) -> tuple[Path, list[str]]:
+    folder = Path(storage_dir).resolve()
+    names = sorted(path.name for path in (folder / 'key_value_stores').glob('*') if path.is_dir())
+    return folder, [name for name in names if name not in ('default', '__default__')]
+
+
+async def _run_states(store: KeyValueStore, args: argparse.Namespace) -> str:
+    keys = Keys(args.prefix)
+    states: Counter[str] = Counter()
+    last = 0
+    async for meta in store.iterate_keys():
+        parsed = keys.classify(meta.key)
+        if not parsed or parsed[0] != 'R':
+            continue
+        raw = await store.get_value(meta.key)
+        body = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        if not isinstance(body, dict):
+            continue
+        synced = body.get('lastSyncAt')
+        synced = synced if isinstance(synced, int) else 0
+        last = max(last, synced)
+        recent = time.time() * 1000 - synced < args.dead_after * 1000
+        states['finished' if body.get('finished') else 'live' if recent else 'silent'] += 1
+    runs = ', '.join(f'{count} {state}' for state, count in sorted(states.items())) or 'no run record'
+    return f'runs: {runs}; last sync {_when(last)}'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,26 +327,43 @@ def main(argv: list[str] | None = None) -> int:
         ('reset', 'delete the shared map (asks first)'),
     ):
         command = commands.add_parser(name, help=helptext)
-        command.add_argument('store', help='name of the shared key-value store, e.g. shared-crawl-state')
+        if name == 'inspect':
+            command.add_argument(
+                'store', nargs='?', help='name of the shared key-value store (default: list the stores of a crawl)'
+            )
+        else:
+            command.add_argument('store', help='name of the shared key-value store, e.g. crawl-20261207-101500-1a2b3c')
         where = command.add_mutually_exclusive_group()
-        where.add_argument('--storage-dir', default='storage', help='local storage folder (default: ./storage)')
+        where.add_argument(
+            '--storage-dir', '--storage', default='storage', help='local storage folder (default: ./storage)'
+        )
         where.add_argument('--connection', help='file:///path, sqlite+aiosqlite:///file.db or postgresql+asyncpg://...')
         command.add_argument('--prefix', default='SM', help='key prefix of the map (default: SM)')
-        if name == 'inspect':
+        if name in ('inspect', 'reset'):
             command.add_argument('--dead-after', type=float, default=120.0, help='seconds of silence = not live')
         if name == 'export':
             command.add_argument('--format', choices=['jsonl', 'csv'], default='jsonl')
             command.add_argument('--output', default='-', help='file to write (default: standard output)')
         if name == 'reset':
             command.add_argument('--yes', action='store_true', help='do not ask')
+            command.add_argument('--force', action='store_true', help='reset even if runs seem live (they are dead)')
             command.add_argument(
                 '--all', action='store_true', help="delete every record of the store (e.g. the runs' summaries too)"
             )
     args = parser.parse_args(argv)
     handler = {'inspect': inspect, 'export': export, 'reset': reset}[args.command]
+    if args.command == 'inspect' and args.store is None:
+        if args.connection is not None:
+            parser.error('inspect without a store lists a local folder only: give a store name with --connection')
+        handler = list_stores
     try:
         asyncio.run(handler(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not reported at exit
     except (CliError, InvalidOptionError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `inspect ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return 0
     return 0

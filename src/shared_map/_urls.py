@@ -37,12 +37,17 @@ def map_key_of(request: Request) -> str:
 
 
 def map_key(url: str) -> str:
-    """The shared-map key of a URL: no fragment, no `utm_` parameters, sorted query, lower-case scheme and host.
+    """The shared-map key of a URL: no fragment, no `utm_` parameters, lower-case scheme and host, sorted parameters.
 
-    The path and the query's encoding are kept as they are, so the key is a URL that fetches the same page.
+    Query parameters are sorted by name, so `?b=2&a=1` and `?a=1&b=2` are one page; a parameter given more than once
+    keeps its values in their order (`?id=1&id=2` and `?id=2&id=1` are two pages, since that order can matter). The
+    path and the query's encoding are kept as they are, so the key is a URL that fetches the same page.
     """
     parts = urlsplit(url.strip())
-    pairs = sorted(pair for pair in parts.query.split('&') if pair and not pair.startswith('utm_'))
+    pairs = sorted(  # stable: repeated parameters keep their order
+        (pair for pair in parts.query.split('&') if pair and not pair.startswith('utm_')),
+        key=lambda pair: pair.partition('=')[0],
+    )
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or '/', '&'.join(pairs), ''))
 
 

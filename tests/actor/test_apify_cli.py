@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from src.crawl_identity import local_crawl
 from src.demo.site import serve_site
 from tests.actor.project import (
     APIFY,
+    ROOT,
     child_logs,
     copy_project,
     dataset_urls,
@@ -70,6 +74,18 @@ def test_ctrl_c_under_apify_run_stops_cleanly_and_apify_run_no_purge_resumes(tmp
         write_input(storage, {'startUrls': [{'url': site.url}], 'maxConcurrency': 3, 'syncIntervalSecs': 0.5})
         proc = start([str(APIFY), 'run'], cwd=project, log=tmp_path / 'first.log')
         wait_until(lambda: site.stats.snapshot()['fetches'] >= 40, 120, '40 pages fetched')
+        crawl = local_crawl(storage)
+        assert crawl is not None, 'the run recorded its crawl in its default store'
+        reset = subprocess.run(
+            [sys.executable, '-m', 'src.shared_map', 'reset', crawl.store_name, '--yes', '--storage-dir', str(storage)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert reset.returncode == 2, reset.stdout + reset.stderr
+        assert re.match(rf'error: 1 live run uses the store "{crawl.store_name}": local-\w+ \(last sync ', reset.stderr)
+        assert '--force' in reset.stderr
         os.killpg(proc.pid, signal.SIGINT)
         _, log = finish(proc, 60, tmp_path / 'first.log')  # the CLI's own exit code says only that Python was signalled
         assert 'Traceback' not in log
@@ -85,10 +101,24 @@ def test_ctrl_c_under_apify_run_stops_cleanly_and_apify_run_no_purge_resumes(tmp
         code, log = finish(start([str(APIFY), 'run', '--no-purge'], cwd=project, log=tmp_path / 'second.log'), 300,
                            tmp_path / 'second.log')  # fmt: skip
         assert code == 0, log[-4000:]
+        assert f'Resuming the crawl in shared store "{crawl.store_name}"' in log, 'the same crawl'
         stats = site.stats.snapshot()
         assert stats['distinct'] == site.pages, 'the resumed crawl fetched every page'
-        assert stats['duplicates'] == 0
+        assert stats['duplicates'] == 0, 'every page once: the refused reset harmed nothing'
         urls = dataset_urls(storage)
         assert len(urls) == len(set(urls)) == site.pages, 'the results of both attempts, each page once'
     finally:
         site.stop()
+
+
+def test_apify_run_refuses_an_unknown_input_field_before_it_purges(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / 'project')
+    storage = project / 'storage'
+    earlier = storage / 'datasets' / 'default' / '000000001.json'
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"url": "http://127.0.0.1:1/", "title": "an earlier result"}')
+    write_input(storage, {'startUrls': [{'url': 'http://127.0.0.1:1/'}], 'sharedStoreNme': 'typo'})
+    code, log = finish(start([str(APIFY), 'run'], cwd=project, log=tmp_path / 'out.log'), 60, tmp_path / 'out.log')
+    assert code != 0
+    assert 'Property input.sharedStoreNme is not allowed' in log
+    assert earlier.exists(), 'the CLI checked the input against the schema before purging the dataset'

@@ -13,7 +13,8 @@ def test_defaults_and_camel_case_fields() -> None:
     assert parsed.parallel_runs == 1
     assert parsed.max_requests_per_crawl is None
     assert parsed.sync_interval_secs == 10.0
-    assert parsed.shared_store_name == 'shared-crawl-state'
+    assert parsed.shared_store_name == '', 'no fixed store: each fresh start is a new crawl with its own'
+    assert not parsed.named_crawl
     assert parsed.use_shared_map is True
     assert not parsed.is_child
     full = CrawlerInput.parse(
@@ -53,6 +54,11 @@ def test_defaults_and_camel_case_fields() -> None:
         ({'startUrls': ['https://a.example'], 'maxConcurrency': True}, 'maxConcurrency must be a whole number'),
         ({'startUrls': ['https://a.example'], 'syncIntervalSecs': 0}, 'syncIntervalSecs must be between'),
         ({'startUrls': ['https://a.example'], 'sharedStoreName': 'Bad_Name'}, 'not a valid store name'),
+        ({'startUrls': [{'url': 'https://a.example', 'label': 3}]}, r'startUrls\[0\]\.label must be a string'),
+        ({'startUrls': [{'url': 'https://a.example', 'userData': []}]}, r'startUrls\[0\]\.userData must be an object'),
+        ({'startUrls': [{'url': 'https://a.example', 'method': 'FETCH'}]}, r'startUrls\[0\]\.method must be one of'),
+        ({'startUrls': [{'url': 'https://a.example', 'payload': {}}]}, r'startUrls\[0\]\.payload must be a string'),
+        ({'startUrls': [{'url': 'https://a.example', 'headers': {'a': 1}}]}, r'startUrls\[0\]\.headers must be an'),
         ({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'redis://x'}, 'is not supported'),
         ({'startUrls': ['https://a.example'], 'useSharedMap': 'yes'}, 'useSharedMap must be true or false'),
         (
@@ -65,6 +71,24 @@ def test_defaults_and_camel_case_fields() -> None:
 def test_invalid_input_says_what_to_fix(raw: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         CrawlerInput.parse(raw)
+
+
+def test_start_urls_keep_their_request_fields() -> None:
+    parsed = CrawlerInput.parse(
+        {
+            'startUrls': [
+                {'url': 'https://a.example/p', 'label': 'DETAIL', 'userData': {'shop': 'a'}},
+                {'url': 'https://a.example/q', 'userData': {'label': 'LIST'}, 'method': 'post', 'payload': 'x=1'},
+                {'url': 'https://a.example/r', 'method': 'GET', 'headers': {'Accept': 'text/html'}},
+                {'url': 'https://a.example/plain'},
+            ]
+        }
+    )
+    assert parsed.start_url_fields == {
+        'https://a.example/p': {'label': 'DETAIL', 'user_data': {'shop': 'a'}},
+        'https://a.example/q': {'label': 'LIST', 'method': 'POST', 'payload': 'x=1'},
+        'https://a.example/r': {'headers': {'Accept': 'text/html'}},
+    }
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -160,3 +160,37 @@ async def _store_names(connection: str) -> AsyncIterator[str]:
                 yield row[0]
     finally:
         await engine.dispose()
+
+
+async def test_reset_refuses_a_store_a_live_run_uses_unless_forced(tmp_path: Path) -> None:
+    storage = tmp_path / 'storage'
+    live = await SharedMap.open('shared-proc', connection=f'file://{storage}', run_id='run-live', heartbeat_secs=1)
+    live['https://example.com/'] = 'enqueued'
+    await live.sync()  # published, not closed: its heartbeat says it is live
+    refused = await asyncio.to_thread(cli, 'reset', 'shared-proc', '--storage-dir', str(storage), '--yes')
+    assert refused.returncode == 2
+    assert refused.stderr.startswith('error: 1 live run uses the store "shared-proc": run-live')
+    assert await load_fresh(f'file://{storage}') == {'https://example.com/': 'enqueued'}
+
+    code, errors = await asyncio.to_thread(export_to_a_closed_pipe, storage)
+    assert code == 0, '`export ... | head`: the reader is gone before the command writes; it ends quietly'
+    assert b'Traceback' not in errors
+    assert b'BrokenPipe' not in errors
+
+    forced = await asyncio.to_thread(cli, 'reset', 'shared-proc', '--storage-dir', str(storage), '--yes', '--force')
+    assert forced.returncode == 0, forced.stderr
+    assert await load_fresh(f'file://{storage}') == {}
+
+
+def export_to_a_closed_pipe(storage: Path) -> tuple[int, bytes]:
+    """`export` writing to a pipe whose reader has gone; its exit code and standard error."""
+    export = subprocess.Popen(
+        [sys.executable, '-m', 'src.shared_map', 'export', 'shared-proc', '--storage-dir', str(storage)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert export.stdout is not None
+    export.stdout.close()
+    _, errors = export.communicate(timeout=120)
+    return export.returncode, errors

@@ -96,6 +96,8 @@ async def test_urls_of_a_run_that_died_are_taken_over(store: KeyValueStore) -> N
 def test_map_keys_are_fetchable_urls() -> None:
     assert map_key('HTTP://Example.COM/Dir/?b=2&utm_source=x&a=1#frag') == 'http://example.com/Dir/?a=1&b=2'
     assert map_key('https://example.com') == 'https://example.com/'
+    assert map_key('https://example.com/?id=2&b=1&id=1') == 'https://example.com/?b=1&id=2&id=1', 'order kept'
+    assert map_key('https://example.com/?id=1&id=2') != map_key('https://example.com/?id=2&id=1')
     assert map_key('https://example.com/%C5%A1/Page.html?q=%20x') == 'https://example.com/%C5%A1/Page.html?q=%20x'
 
 
