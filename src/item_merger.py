@@ -3,8 +3,8 @@
 An item is identified by its page and its position among that page's items in its run's dataset. Its page is the
 one whose handler pushed it (`#page`, see `src/page_items.py`: a stub a listing pushes about a product belongs to the
 listing), else the shared-map key of its `url` (items of older datasets); a page two runs fetched keeps the items of
-the first run in merge order (that is "fetched twice"). An item without a `url` is identified by its content and by how many items of the same
-content came before it in merge order: each is added once.
+the first run in merge order (that is "fetched twice"). An item with neither is identified by its content and by how
+many items of the same content came before it in merge order: each is added once.
 
 What this crawl added to a result set is recorded in its shared store (`CRAWL.RESULTS.<dataset id>`): where its part
 of the result set begins (a named result set may hold other crawls' items before it), the ranges of items the merge
