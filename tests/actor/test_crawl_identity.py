@@ -20,7 +20,7 @@ async def detail_handler(context: BeautifulSoupCrawlingContext) -> None:
     for part in (1, 2):
         data = context.request.user_data.get('from')
         await context.push_data({'url': context.request.url, 'part': part, 'from': data})
-    await context.enqueue_links(**link_options())
+    await context.enqueue_links()
 '''
 PAGES = 30
 QUICK = {'syncIntervalSecs': 0.5, 'deadRunTimeoutSecs': 5}
