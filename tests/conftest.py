@@ -9,13 +9,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 from crawlee import service_locator
-from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
-from src.shared_map import storage_client_for
+from src.shared_map import close_storage_client, storage_client_for
 
 BACKENDS = ['fs', 'sqlite', 'postgres']
+# Redis runs the property and crash tests only (`@pytest.mark.parametrize('connection', WITH_REDIS, indirect=True)`):
+# the time `make test` may take.
+WITH_REDIS = [*BACKENDS, 'redis']
 POSTGRES_URL = os.environ.get('TEST_POSTGRES_URL')
+REDIS_URL = os.environ.get('TEST_REDIS_URL')
 
 
 def connection_for(backend: str, tmp_path: Path) -> str:
@@ -47,6 +50,22 @@ async def fresh_database() -> AsyncIterator[str]:
         await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def fresh_redis() -> AsyncIterator[str]:
+    """The test Redis server (`make test` starts one, with RedisJSON), its database emptied before and after."""
+    if not REDIS_URL:
+        pytest.skip('no Redis server with RedisJSON: TEST_REDIS_URL is not set (make test starts one when it can)')
+    from redis.asyncio import Redis
+
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        await admin.flushdb()
+        yield REDIS_URL
+        await admin.flushdb()
+    finally:
+        await admin.aclose()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test gets its own default storage folder and a fresh crawlee storage cache."""
@@ -72,6 +91,9 @@ async def connection(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     if request.param == 'postgres':
         async with fresh_database() as url:
             yield url
+    elif request.param == 'redis':
+        async with fresh_redis() as url:
+            yield url
     else:
         yield connection_for(str(request.param), tmp_path)
 
@@ -81,5 +103,4 @@ async def store(connection: str) -> AsyncIterator[KeyValueStore]:
     storage_client, configuration = storage_client_for(connection)
     kvs = await KeyValueStore.open(name='shared-test', storage_client=storage_client, configuration=configuration)
     yield kvs
-    if isinstance(storage_client, SqlStorageClient):
-        await storage_client.close()
+    await close_storage_client(storage_client)

@@ -193,20 +193,26 @@ class RecordStore:
 
 
 class _ExpectedRaceFilter(logging.Filter):
-    """Drop crawlee's file-system warnings about records that vanished while it listed them.
+    """Drop crawlee's warnings about shared-map records that vanished while it listed or read them.
 
     Compaction deletes folded records while other runs list the store; the protocol expects that (readers catch
-    up through the snapshot), so the warning would only worry users. Other keys' warnings pass.
+    up through the snapshot), so the warning would only worry users. The Redis client also warns on every read of
+    a key that does not exist (e.g. the lease before anyone took it), which the map expects too. Other keys'
+    warnings pass.
     """
 
-    pattern = re.compile(r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.')
+    pattern = re.compile(
+        r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.'
+        r'|^Metadata for key "[A-Za-z0-9_-]+\.[^"]*" is missing or invalid\.$'
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not self.pattern.match(record.getMessage())
 
 
 def quiet_expected_races() -> None:
-    """Install the filter on crawlee's file-system client logger (once per process)."""
-    fs_logger = logging.getLogger('crawlee.storage_clients._file_system._key_value_store_client')
-    if not any(isinstance(f, _ExpectedRaceFilter) for f in fs_logger.filters):
-        fs_logger.addFilter(_ExpectedRaceFilter())
+    """Install the filter on the loggers of crawlee's file-system and Redis clients (once per process)."""
+    for client in ('_file_system', '_redis'):
+        client_logger = logging.getLogger(f'crawlee.storage_clients.{client}._key_value_store_client')
+        if not any(isinstance(f, _ExpectedRaceFilter) for f in client_logger.filters):
+            client_logger.addFilter(_ExpectedRaceFilter())

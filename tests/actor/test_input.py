@@ -53,7 +53,11 @@ def test_defaults_and_camel_case_fields() -> None:
         ({'startUrls': ['https://a.example'], 'maxConcurrency': True}, 'maxConcurrency must be a whole number'),
         ({'startUrls': ['https://a.example'], 'syncIntervalSecs': 0}, 'syncIntervalSecs must be between'),
         ({'startUrls': ['https://a.example'], 'sharedStoreName': 'Bad_Name'}, 'not a valid store name'),
-        ({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'redis://x'}, 'is not supported'),
+        ({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'mongodb://x'}, 'is not supported'),
+        (
+            {'startUrls': ['https://a.example'], 'sharedStorageConnection': 'redis://:secret@h:6379/zero'},
+            r'sharedStorageConnection: Bad Redis connection .redis://:\*\*\*@h:6379/zero.*the database "zero" is not',
+        ),
         ({'startUrls': ['https://a.example'], 'useSharedMap': 'yes'}, 'useSharedMap must be true or false'),
         (
             {'startUrls': ['https://a.example'], 'syncIntervalSecs': 60, 'deadRunTimeoutSecs': 90},

@@ -23,7 +23,7 @@ from crawlee import service_locator
 from crawlee.storages import KeyValueStore
 
 from src.shared_map import SharedMap, storage_client_for
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 from tests.shared_map.harness import (
     ABSENT,
     expected_owned,
@@ -35,12 +35,26 @@ from tests.shared_map.harness import (
     wait_all,
 )
 
+SKEWED = (-4000, 0, 2500, 4000)  # ms: the workers' clocks are off by up to 8 s between them
 
-@pytest.mark.parametrize(('seed', 'skews'), [(1, (0, 0, 0, 0)), (2, (0, 0, 0, 0)), (3, (-4000, 0, 2500, 4000))])
+
+@pytest.mark.parametrize(('seed', 'skews'), [(1, (0, 0, 0, 0)), (2, (0, 0, 0, 0)), (3, SKEWED)])
 async def test_no_lost_updates_and_convergence(
     connection: str, tmp_path: Path, seed: int, skews: tuple[int, ...]
 ) -> None:
-    """With seed 3 the workers' clocks are skewed by up to 8 s between them (leases expire early or late)."""
+    """With seed 3 the workers' clocks are skewed (leases expire early or late)."""
+    await _check_no_lost_updates_and_convergence(connection, tmp_path, seed, skews)
+
+
+async def test_no_lost_updates_and_convergence_on_redis(tmp_path: Path) -> None:
+    """Redis runs the skewed case only: the time `make test` may take."""
+    async with fresh_redis() as connection:
+        await _check_no_lost_updates_and_convergence(connection, tmp_path, 3, SKEWED)
+
+
+async def _check_no_lost_updates_and_convergence(
+    connection: str, tmp_path: Path, seed: int, skews: tuple[int, ...]
+) -> None:
     count = 4
     procs = [
         start_worker(connection, tmp_path, i, count, seed * 100 + i, '--ops', '1500', '--clock-skew-ms', str(skews[i]))
@@ -83,11 +97,21 @@ def kill_during_compaction(proc: subprocess.Popen[bytes], kvs_dir: Path, timeout
 
 async def test_kill_9_at_random_moments_loses_nothing_synced(connection: str, tmp_path: Path) -> None:
     """Runs killed and restarted under the same ids, some late on a slow store while others compact (issue #8)."""
-    rounds = await kill_and_restart_rounds(connection, tmp_path, seed=42, rounds=4)
+    _check_nothing_synced_lost(await kill_and_restart_rounds(connection, tmp_path, seed=42, rounds=4), restarts=9)
+
+
+async def test_kill_9_on_redis_loses_nothing_synced(tmp_path: Path) -> None:
+    """The same on Redis, in 2 rounds (one restart of every run): the time `make test` may take."""
+    async with fresh_redis() as connection:
+        rounds = await kill_and_restart_rounds(connection, tmp_path, seed=42, rounds=2)
+    _check_nothing_synced_lost(rounds, restarts=3)
+
+
+def _check_nothing_synced_lost(rounds: list[dict[str, Any]], *, restarts: int) -> None:
     lost = [entry for round_ in rounds for entry in round_['lost']]
     assert not lost, f'{len(lost)} synced entries lost: {lost[:20]}'
     assert sum(round_['checked'] for round_ in rounds[-1:]) > 1000
-    assert sum(round_['restarts'] for round_ in rounds) == 9
+    assert sum(round_['restarts'] for round_ in rounds) == restarts
 
 
 async def test_kill_9_in_the_middle_of_compaction(tmp_path: Path) -> None:
