@@ -26,6 +26,16 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])  # closed again when the block ends: nothing listens there
 
 
+def run_with_connection(storage: Path, connection: str, *, parallel_runs: int = 2) -> tuple[int, str]:
+    """The actor with this sharedStorageConnection and a start URL nothing serves: it must stop before any fetch."""
+    actor_input = {
+        'startUrls': [{'url': 'http://127.0.0.1:1/'}],
+        'parallelRuns': parallel_runs,
+        'sharedStorageConnection': connection,
+    }
+    return run_actor(ROOT, storage=storage, actor_input=actor_input)
+
+
 def test_an_input_file_that_is_not_json_is_named_with_the_position(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     code, output = run_actor(
@@ -52,15 +62,7 @@ def test_an_unreachable_database_is_reported_before_any_child_starts_and_without
 ) -> None:
     storage = tmp_path / 'storage'
     port = closed_port()
-    code, output = run_actor(
-        ROOT,
-        storage=storage,
-        actor_input={
-            'startUrls': [{'url': 'http://127.0.0.1:1/'}],
-            'parallelRuns': 3,
-            'sharedStorageConnection': url.format(port=port),
-        },
-    )
+    code, output = run_with_connection(storage, url.format(port=port), parallel_runs=3)
     assert code != 0
     assert 'Traceback' not in output
     assert 'pw-s3cret-42' not in output
@@ -97,15 +99,7 @@ def redis_without_json() -> Iterator[int]:
 def test_a_redis_without_redisjson_is_reported_with_what_to_load(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     with redis_without_json() as port:
-        code, output = run_actor(
-            ROOT,
-            storage=storage,
-            actor_input={
-                'startUrls': [{'url': 'http://127.0.0.1:1/'}],
-                'parallelRuns': 2,
-                'sharedStorageConnection': f'redis://:pw-s3cret-42@127.0.0.1:{port}/0',
-            },
-        )
+        code, output = run_with_connection(storage, f'redis://:pw-s3cret-42@127.0.0.1:{port}/0')
     assert code != 0
     assert 'Traceback' not in output
     assert 'pw-s3cret-42' not in output
@@ -119,15 +113,7 @@ def test_a_redis_without_redisjson_is_reported_with_what_to_load(tmp_path: Path)
 def test_a_sqlite_file_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
     storage = tmp_path / 'storage'
     missing = tmp_path / 'no-such-folder'
-    code, output = run_actor(
-        ROOT,
-        storage=storage,
-        actor_input={
-            'startUrls': [{'url': 'http://127.0.0.1:1/'}],
-            'parallelRuns': 2,
-            'sharedStorageConnection': f'sqlite+aiosqlite:///{missing}/state.db',
-        },
-    )
+    code, output = run_with_connection(storage, f'sqlite+aiosqlite:///{missing}/state.db')
     assert code != 0
     assert 'Traceback' not in output
     (line,) = error_lines(output)
