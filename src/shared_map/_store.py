@@ -197,13 +197,14 @@ class _ExpectedRaceFilter(logging.Filter):
 
     Compaction deletes folded records while other runs list the store; the protocol expects that (readers catch
     up through the snapshot), so the warning would only worry users. The Redis client also warns on every read of
-    a key that does not exist (e.g. the lease before anyone took it), which the map expects too. Other keys'
-    warnings pass.
+    a key that does not exist (e.g. the lease before anyone took it) and of a record deleted between its metadata
+    and value reads, which the map expects too. Other keys' warnings pass.
     """
 
     pattern = re.compile(
-        r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.'
-        r'|^Metadata for key "[A-Za-z0-9_-]+\.[^"]*" is missing or invalid\.$'
+        r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.'  # file system
+        r'|^Value for key "[A-Za-z0-9_-]+\.[LMP]\.[^"]*" is missing\.$'  # Redis: deleted between its two reads
+        r'|^Metadata for key "[A-Za-z0-9_-]+\.[^"]*" is missing or invalid\.$'  # Redis: a key that does not exist
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -50,6 +50,12 @@ async def test_no_lost_updates_and_convergence_on_redis(tmp_path: Path) -> None:
     """Redis runs the skewed case only: the time `make test` may take."""
     async with fresh_redis() as connection:
         await _check_no_lost_updates_and_convergence(connection, tmp_path, 3, SKEWED)
+    missing = [line for line in _stderr_lines(tmp_path) if 'is missing' in line]
+    assert not missing, f"crawlee's warnings on records compaction deleted are quieted: {missing[:5]}"
+
+
+def _stderr_lines(workdir: Path) -> list[str]:
+    return [line for path in sorted(workdir.glob('stderr-*.txt')) for line in path.read_text().splitlines()]
 
 
 async def _check_no_lost_updates_and_convergence(
