@@ -36,9 +36,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP) $(APIFY)
 	$(PY) -m pytest
 
-# The shared-map property tests also run on PostgreSQL: the wrapper starts a throw-away server when it can.
+# The shared-map property tests also run on PostgreSQL and Redis: the wrapper starts throw-away servers when it can.
 test: $(STAMP) $(APIFY)
-	bash scripts/with-postgres.sh $(MAKE) --no-print-directory lint typecheck pytest
+	bash scripts/with-services.sh $(MAKE) --no-print-directory lint typecheck pytest
 
 # The actor as the Apify platform runs it, against a local mock of the Apify API (tests/platform/README.md):
 # INPUT='{"startUrls": [{"url": "http://127.0.0.1:8000/"}], "parallelRuns": 3}' RESULTS=out.jsonl make platform-run

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 POSTGRES_URL = os.environ.get('TEST_POSTGRES_URL')
-"""The PostgreSQL server `scripts/with-postgres.sh` starts (`make test` does), as a SQLAlchemy URL; None without."""
+"""The PostgreSQL server `scripts/with-services.sh` starts (`make test` does), as a SQLAlchemy URL; None without."""
 NO_POSTGRES = 'no PostgreSQL server: TEST_POSTGRES_URL is not set (make test starts one when it can)'
 
 

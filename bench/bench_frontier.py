@@ -1,8 +1,8 @@
 """Frontier benchmark (issue #11): the template against plain crawlee on a generated documentation site.
 
-Run from the repository root (PostgreSQL for `crawlee-sql-3` comes from `scripts/with-postgres.sh`):
+Run from the repository root (PostgreSQL for `crawlee-sql-3` comes from `scripts/with-services.sh`):
 
-    TEST_POSTGRES_PORT=54341 bash scripts/with-postgres.sh .venv/bin/python -m bench.bench_frontier \
+    TEST_POSTGRES_PORT=54341 bash scripts/with-services.sh .venv/bin/python -m bench.bench_frontier \
         [--pages 10000] [--configs crawlee-1 crawlee-sql-3 template-1 template-3] [--repeat 1] \
         [--sync-interval S] [--out bench/out/frontier.json]
 
@@ -663,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configs = [c for c in CONFIGS if c in args.configs]
     skipped: dict[str, str] = {}
     if 'crawlee-sql-3' in configs and not os.environ.get('TEST_POSTGRES_URL'):
-        skipped['crawlee-sql-3'] = 'no PostgreSQL (TEST_POSTGRES_URL unset: run under scripts/with-postgres.sh)'
+        skipped['crawlee-sql-3'] = 'no PostgreSQL (TEST_POSTGRES_URL unset: run under scripts/with-services.sh)'
         _progress(f'crawlee-sql-3 skipped: {skipped["crawlee-sql-3"]}')
         configs.remove('crawlee-sql-3')
     parse = parse_time_ms(args.pages, args.seed, args.parse_samples) if args.parse_samples else {'median_ms': None}

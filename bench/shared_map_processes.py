@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from crawlee import service_locator
-from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
-from src.shared_map import SharedMap, storage_client_for
+from src.shared_map import SharedMap, close_storage_client, storage_client_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = object()
@@ -92,8 +91,7 @@ async def load_fresh(connection: str) -> dict[str, Any]:
     fresh = SharedMap(store, run_id='checker')
     await fresh.initialize()
     state = dict(fresh)
-    if isinstance(storage_client, SqlStorageClient):
-        await storage_client.close()
+    await close_storage_client(storage_client)
     return state
 
 

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from bench.scripted_store import ScriptedStore
-from src.shared_map import SharedMap, SyncError, storage_client_for
+from src.shared_map import SharedMap, SyncError, close_storage_client, storage_client_for
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
 
@@ -155,8 +154,7 @@ async def main() -> None:
     stats = {**shared.stats.to_dict(), 'sync_durations': shared.stats.sync_durations}
     (args.workdir / f'stats-{args.index}.json').write_text(json.dumps(stats))
     await shared.close()
-    if isinstance(storage_client, SqlStorageClient):
-        await storage_client.close()
+    await close_storage_client(storage_client)
 
 
 if __name__ == '__main__':

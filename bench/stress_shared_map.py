@@ -1,7 +1,7 @@
 """Stress the shared map with real processes: a long load, and kill -9 at random moments.
 
     python -m bench.stress_shared_map load --backend fs --procs 16 --seconds 60
-    scripts/with-postgres.sh .venv/bin/python -m bench.stress_shared_map load --backend postgres --procs 16
+    scripts/with-services.sh .venv/bin/python -m bench.stress_shared_map load --backend postgres --procs 16
     python -m bench.stress_shared_map kill --backend fs --iterations 20 --seed 1
     python -m bench.stress_shared_map restarts --backend sqlite --seeds 50
 
@@ -48,7 +48,7 @@ async def backend_connection(backend: str, workdir: Path) -> AsyncIterator[str]:
         yield connection_for(backend, workdir)
         return
     if not POSTGRES_URL:
-        raise SystemExit(f'--backend postgres: {NO_POSTGRES}; run under scripts/with-postgres.sh')
+        raise SystemExit(f'--backend postgres: {NO_POSTGRES}; run under scripts/with-services.sh')
     async with fresh_database(POSTGRES_URL) as url:
         yield url
 

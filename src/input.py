@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .shared_map import RESERVED_STORE_NAMES, InvalidOptionError, check_connection
+from .shared_map import CONNECTION_PREFIXES, RESERVED_STORE_NAMES, InvalidOptionError, check_connection
 
 STORE_NAME = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
 PROXY_URL = re.compile(r'^(?:https?|socks[45]h?)://[^/\s]+/?$', re.IGNORECASE)
@@ -414,11 +414,12 @@ class _Fields:
         value = self.string(name)
         if value is None:
             return None
-        if not value.startswith(('file:///', 'sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+        if not value.startswith(CONNECTION_PREFIXES):
             shown = value.split('@')[-1]  # what precedes a host may be a password: never show it
             self._problems.append(
-                f'{name} "{shown:.80}" is not supported: use file:///absolute/path, sqlite+aiosqlite:///file.db '
-                'or postgresql+asyncpg://user:password@host/database, or leave it empty for the default storage.'
+                f'{name} "{shown:.80}" is not supported: use file:///absolute/path, sqlite+aiosqlite:///file.db, '
+                'postgresql+asyncpg://user:password@host/database or redis://:password@host:port/db, or leave it '
+                'empty for the default storage.'
             )
             return None
         try:

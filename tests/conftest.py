@@ -1,20 +1,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from crawlee import service_locator
-from crawlee.storage_clients import SqlStorageClient
 from crawlee.storages import KeyValueStore
 
 from bench.backends import NO_POSTGRES, POSTGRES_URL, connection_for
 from bench.backends import fresh_database as fresh_postgres_database
-from src.shared_map import storage_client_for
+from src.shared_map import close_storage_client, storage_client_for
 
 BACKENDS = ['fs', 'sqlite', 'postgres']
+# Redis runs the property and crash tests only (`@pytest.mark.parametrize('connection', WITH_REDIS, indirect=True)`):
+# the time `make test` may take.
+WITH_REDIS = [*BACKENDS, 'redis']
+REDIS_URL = os.environ.get('TEST_REDIS_URL')
 
 
 def closed_port() -> int:
@@ -31,6 +35,22 @@ async def fresh_database() -> AsyncIterator[str]:
         pytest.skip(NO_POSTGRES)
     async with fresh_postgres_database(POSTGRES_URL) as url:
         yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_redis() -> AsyncIterator[str]:
+    """The test Redis server (`make test` starts one, with RedisJSON), its database emptied before and after."""
+    if not REDIS_URL:
+        pytest.skip('no Redis server with RedisJSON: TEST_REDIS_URL is not set (make test starts one when it can)')
+    from redis.asyncio import Redis
+
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        await admin.flushdb()
+        yield REDIS_URL
+        await admin.flushdb()
+    finally:
+        await admin.aclose()
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +78,9 @@ async def connection(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     if request.param == 'postgres':
         async with fresh_database() as url:
             yield url
+    elif request.param == 'redis':
+        async with fresh_redis() as url:
+            yield url
     else:
         yield connection_for(str(request.param), tmp_path)
 
@@ -67,5 +90,4 @@ async def store(connection: str) -> AsyncIterator[KeyValueStore]:
     storage_client, configuration = storage_client_for(connection)
     kvs = await KeyValueStore.open(name='shared-test', storage_client=storage_client, configuration=configuration)
     yield kvs
-    if isinstance(storage_client, SqlStorageClient):
-        await storage_client.close()
+    await close_storage_client(storage_client)

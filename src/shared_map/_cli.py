@@ -23,10 +23,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from crawlee.storage_clients import FileSystemStorageClient, SqlStorageClient
+from crawlee.configuration import Configuration
+from crawlee.storage_clients import FileSystemStorageClient, StorageClient
 from crawlee.storages import KeyValueStore
 
-from ._backends import check_connection, check_store_name, describe_connection
+from ._backends import (
+    REDIS_PREFIXES,
+    check_connection,
+    check_store_name,
+    close_storage_client,
+    describe_connection,
+    storage_client_for,
+    unavailable,
+)
 from ._errors import InvalidOptionError, SharedMapError
 from ._records import Keys
 from ._shared_map import SharedMap
@@ -45,8 +54,6 @@ async def _open(args: argparse.Namespace, *, writable: bool = False) -> AsyncIte
     rewrites a store's `__metadata__.json` on every read. So `inspect` and `export` read a local store from a
     temporary copy, and every command opens with `purge_on_start=False`.
     """
-    from crawlee.configuration import Configuration
-
     connection = args.connection
     if writable:
         check_store_name(args.store)  # `reset --all` on crawlee's default store would delete the run's INPUT
@@ -62,15 +69,28 @@ async def _open(args: argparse.Namespace, *, writable: bool = False) -> AsyncIte
             )
             yield await _check_shared_map(store, args)
         return
-    await _check_database_store(connection, args.store)
-    storage_client = SqlStorageClient(connection_string=connection)
+    check_connection(connection)
+    if connection.startswith(REDIS_PREFIXES):
+        await _check_redis_store(connection, args.store)
+    else:
+        await _check_database_store(connection, args.store)
+    storage_client, _ = storage_client_for(connection)
     try:
-        store = await KeyValueStore.open(
-            name=args.store, storage_client=storage_client, configuration=Configuration(purge_on_start=False)
-        )
+        store = await _open_existing(connection, args.store, storage_client, Configuration(purge_on_start=False))
         yield await _check_shared_map(store, args)
     finally:
-        await storage_client.close()
+        await close_storage_client(storage_client)
+
+
+async def _open_existing(
+    connection: str, name: str, storage_client: StorageClient | None, configuration: Configuration
+) -> KeyValueStore:
+    try:
+        return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
+    except Exception as exc:
+        if type(exc).__module__.startswith('redis'):  # e.g. a Redis without RedisJSON: say what to do
+            raise CliError(str(unavailable(connection, exc))) from None
+        raise
 
 
 async def _check_shared_map(store: KeyValueStore, args: argparse.Namespace) -> KeyValueStore:
@@ -105,13 +125,29 @@ def _check_sqlite_file(connection: str) -> None:
         raise CliError(f'No SQLite database file at {Path(database).resolve()}.')
 
 
+async def _check_redis_store(connection: str, store: str) -> None:
+    """Fail unless the Redis server holds a key-value store of that name, reading only (opening would create it)."""
+    from redis.exceptions import RedisError
+
+    from ._redis import redis_store_names
+
+    try:
+        names = await redis_store_names(connection)
+    except RedisError as exc:
+        raise CliError(str(unavailable(connection, exc))) from None
+    if store not in names:
+        raise CliError(
+            f'No key-value store named "{store}" on {describe_connection(connection)}. '
+            f'Stores there: {", ".join(names) or "none"}.'
+        )
+
+
 async def _check_database_store(connection: str, store: str) -> None:
     """Fail unless the database holds a key-value store of that name, reading only (opening would create it)."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    check_connection(connection)
     where = describe_connection(connection)
     if connection.startswith('sqlite'):
         _check_sqlite_file(connection)
@@ -337,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         where.add_argument(
             '--storage-dir', '--storage', default='storage', help='local storage folder (default: ./storage)'
         )
-        where.add_argument('--connection', help='file:///path, sqlite+aiosqlite:///file.db or postgresql+asyncpg://...')
+        where.add_argument(
+            '--connection', help='file:///path, sqlite+aiosqlite:///file.db, postgresql+asyncpg://... or redis://...'
+        )
         command.add_argument('--prefix', default='SM', help='key prefix of the map (default: SM)')
         if name in ('inspect', 'reset'):
             command.add_argument('--dead-after', type=float, default=120.0, help='seconds of silence = not live')

@@ -27,6 +27,8 @@ GHOST_AFTER_MISSES = 3
 GHOST_AFTER_SECS = 1.0
 FS_CLIENT_LOGGER = 'crawlee.storage_clients._file_system._key_value_store_client'
 """The logger of crawlee's file-system key-value store client (a private module: see docs/architecture.md)."""
+REDIS_CLIENT_LOGGER = 'crawlee.storage_clients._redis._key_value_store_client'
+"""The logger of crawlee's Redis key-value store client (a private module too)."""
 
 FetchKind = Literal['log', 'part', 'manifest', 'lease']
 
@@ -195,20 +197,27 @@ class RecordStore:
 
 
 class _ExpectedRaceFilter(logging.Filter):
-    """Drop crawlee's file-system warnings about records that vanished while it listed them.
+    """Drop crawlee's warnings about shared-map records that vanished while it listed or read them.
 
     Compaction deletes folded records while other runs list the store; the protocol expects that (readers catch
-    up through the snapshot), so the warning would only worry users. Other keys' warnings pass.
+    up through the snapshot), so the warning would only worry users. The Redis client also warns on every read of
+    a key that does not exist (e.g. the lease before anyone took it) and of a record deleted between its metadata
+    and value reads, which the map expects too. Other keys' warnings pass.
     """
 
-    pattern = re.compile(r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.')
+    pattern = re.compile(
+        r'^(Metadata|Value) file disappeared for key "[A-Za-z0-9_-]+\.[LMP]\.'  # file system
+        r'|^Value for key "[A-Za-z0-9_-]+\.[LMP]\.[^"]*" is missing\.$'  # Redis: deleted between its two reads
+        r'|^Metadata for key "[A-Za-z0-9_-]+\.[^"]*" is missing or invalid\.$'  # Redis: a key that does not exist
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not self.pattern.match(record.getMessage())
 
 
 def quiet_expected_races() -> None:
-    """Install the filter on crawlee's file-system client logger (once per process)."""
-    fs_logger = logging.getLogger(FS_CLIENT_LOGGER)
-    if not any(isinstance(f, _ExpectedRaceFilter) for f in fs_logger.filters):
-        fs_logger.addFilter(_ExpectedRaceFilter())
+    """Install the filter on the loggers of crawlee's file-system and Redis clients (once per process)."""
+    for name in (FS_CLIENT_LOGGER, REDIS_CLIENT_LOGGER):
+        client_logger = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedRaceFilter) for f in client_logger.filters):
+            client_logger.addFilter(_ExpectedRaceFilter())

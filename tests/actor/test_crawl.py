@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from src.demo.site import (
 )
 from src.shared_map import SharedMap, open_store
 from tests.actor.project import ROOT, child_pid, dataset_urls, finish, outputs, run_actor, start_actor
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 
 
 @pytest.fixture
@@ -217,3 +219,51 @@ async def test_the_crawl_goes_on_while_the_shared_database_is_down(tmp_path: Pat
         assert stats['duplicates'] <= 10
     finally:
         site.stop()
+
+
+async def test_two_parallel_runs_share_the_crawl_through_redis(tmp_path: Path) -> None:
+    """sharedStorageConnection = a Redis URL (RedisJSON loaded): every page fetched and saved once, and the shared
+    map is in Redis, where the CLI reads it."""
+    storage = tmp_path / 'storage'
+    site = serve_site(120, delay_secs=0.005)
+    try:
+        async with fresh_redis() as connection:
+            actor_input = crawl_input(site, parallelRuns=2, sharedStorageConnection=connection)
+            code, log = await asyncio.to_thread(run_actor, ROOT, actor_input, storage=storage)
+            shown, exported, reset = [
+                await asyncio.to_thread(shared_map_cli, command, 'test-crawl', '--connection', connection, *extra)
+                for command, *extra in (['inspect'], ['export'], ['reset', '--yes'])
+            ]
+            after_reset = await load_fresh_map('test-crawl', connection)
+    finally:
+        site.stop()
+    assert code == 0, log[-3000:]
+    assert 'is missing or invalid' not in log, "crawlee's warning on a missing key is expected by the map: quiet"
+    stats = site.stats.snapshot()
+    assert stats['distinct'] == site.pages, 'every page was crawled'
+    assert stats['duplicates'] <= 1, f'{stats["duplicates"]} duplicate fetches'
+    summaries = outputs(storage)
+    assert len(summaries) == 2
+    assert all(s['pagesProcessed'] > 0 for s in summaries), 'the work was shared'
+    urls = dataset_urls(storage)
+    assert len(urls) == len(set(urls)) == site.pages
+    assert shown.returncode == 0, shown.stderr
+    assert f'processed    {site.pages}' in shown.stdout
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert sum(row['value'] == 'processed' for row in rows) == site.pages
+    assert reset.returncode == 0, reset.stderr
+    assert after_reset == {}, 'reset deleted the map'
+    assert not (storage / 'key_value_stores' / 'test-crawl').exists(), 'the shared store is in Redis, not here'
+
+
+def shared_map_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, '-m', 'src.shared_map', *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+async def load_fresh_map(name: str, connection: str) -> dict[str, object]:
+    shared = SharedMap(await open_store(name, connection=connection), run_id='checker')
+    await shared.initialize()
+    return dict(shared)

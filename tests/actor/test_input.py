@@ -59,7 +59,11 @@ def test_defaults_and_camel_case_fields() -> None:
         ({'startUrls': [{'url': 'https://a.example', 'method': 'FETCH'}]}, r'startUrls\[0\]\.method must be one of'),
         ({'startUrls': [{'url': 'https://a.example', 'payload': {}}]}, r'startUrls\[0\]\.payload must be a string'),
         ({'startUrls': [{'url': 'https://a.example', 'headers': {'a': 1}}]}, r'startUrls\[0\]\.headers must be an'),
-        ({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'redis://x'}, 'is not supported'),
+        ({'startUrls': ['https://a.example'], 'sharedStorageConnection': 'mongodb://x'}, 'is not supported'),
+        (
+            {'startUrls': ['https://a.example'], 'sharedStorageConnection': 'redis://:secret@h:6379/zero'},
+            r'sharedStorageConnection: Bad Redis connection .redis://:\*\*\*@h:6379/zero.*the database "zero" is not',
+        ),
         ({'startUrls': ['https://a.example'], 'useSharedMap': 'yes'}, 'useSharedMap must be true or false'),
         (
             {'startUrls': ['https://a.example'], 'syncIntervalSecs': 60, 'deadRunTimeoutSecs': 90},

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from crawlee.configuration import Configuration
 from crawlee.storages import KeyValueStore
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.shared_map_processes import ROOT, load_fresh, start_worker, wait_all
 from src.shared_map import SharedMap, open_store
+from tests.conftest import fresh_redis
 
 
 def cli(*args: str, stdin: str = '') -> subprocess.CompletedProcess[str]:
@@ -194,3 +196,19 @@ def export_to_a_closed_pipe(storage: Path) -> tuple[int, bytes]:
     export.stdout.close()
     _, errors = export.communicate(timeout=120)
     return export.returncode, errors
+
+
+async def test_inspect_on_redis_never_creates_a_store(tmp_path: Path) -> None:
+    async with fresh_redis() as connection:
+        store = await open_store('other-store', connection=connection)
+        await store.set_value('x', 1)
+        missing = await asyncio.to_thread(cli, 'inspect', 'crawl-state', '--connection', connection)
+        admin = Redis.from_url(connection)
+        try:
+            metadata_keys = sorted(await admin.keys('key_value_stores:*:metadata'))
+        finally:
+            await admin.aclose()
+    assert missing.returncode == 2
+    assert 'No key-value store named "crawl-state" on redis://127.0.0.1' in missing.stderr
+    assert 'Stores there: other-store.' in missing.stderr
+    assert metadata_keys == [b'key_value_stores:other-store:metadata'], 'inspect created nothing'

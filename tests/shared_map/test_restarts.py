@@ -19,6 +19,7 @@ from crawlee.storages import KeyValueStore
 
 from bench.scripted_store import ScriptedStore, join_max
 from src.shared_map import SharedMap, SyncError
+from tests.conftest import WITH_REDIS
 
 
 async def keys_of(store: KeyValueStore, prefix: str) -> list[str]:
@@ -212,6 +213,7 @@ async def test_every_replica_equals_the_plain_maximum_over_all_entries(seed: int
     await _property_check(seed, await KeyValueStore.open(name=f'prop-{seed}', storage_client=MemoryStorageClient()))
 
 
+@pytest.mark.parametrize('connection', WITH_REDIS, indirect=True)
 @pytest.mark.parametrize('seed', range(2))
 async def test_the_plain_maximum_property_on_every_backend(store: KeyValueStore, seed: int) -> None:
     await _property_check(seed, store)
