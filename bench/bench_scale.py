@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from bench.bench_shared_map import StallProbe
 from src.shared_map import SharedMap, SharedRequestManager, SyncResult, open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,8 +190,9 @@ async def measure(n: int, connection: str, repeat: int) -> Json:
         async def sample(prepare: Callable[[], Awaitable[None]]) -> Json:
             await prepare()
             _, sync_cost = await _timed(manager.sync)
-            _, cost = await _timed(manager.take_over)
-            return cost | {'sync_cpu': sync_cost['cpu'], 'sync_wall': sync_cost['wall']}
+            async with StallProbe() as probe:  # how long the event loop went without running other tasks
+                _, cost = await _timed(manager.take_over)
+            return cost | {'sync_cpu': sync_cost['cpu'], 'sync_wall': sync_cost['wall'], 'max_stall': probe.max_stall}
 
         rows: dict[str, list[Json]] = {'nothing_changed': [], 'changes_1000': [], 'join': [], 'leave': []}
         changed = 0
@@ -219,6 +221,7 @@ async def measure(n: int, connection: str, repeat: int) -> Json:
                 'cpu_median': _med(samples, 'cpu'),
                 'wall_median': _med(samples, 'wall'),
                 'sync_cpu_median': _med(samples, 'sync_cpu'),
+                'max_stall_median': _med(samples, 'max_stall'),
                 'samples': samples,
             }
             for name, samples in rows.items()
@@ -282,6 +285,12 @@ TABLE_ROWS: list[tuple[str, tuple[str | int, ...], float, str]] = [
     ),
     ('`take_over()` after a run joined, CPU', ('run', 'take_over', 'join', 'cpu_median'), 1, '{:.4f} s'),
     ('`take_over()` after a run left, CPU', ('run', 'take_over', 'leave', 'cpu_median'), 1, '{:.4f} s'),
+    (
+        'longest event-loop stall in `take_over()` after a join',
+        ('run', 'take_over', 'join', 'max_stall_median'),
+        1,
+        '{:.3f} s',
+    ),
     ('first sync of the measured run, wall', ('run', 'first_syncs', 0, 'wall'), 1, '{:.2f} s'),
     ('one compaction (builder), wall', ('build', 'compaction', 'wall'), 1, '{:.2f} s'),
     ('one compaction, bytes written', ('build', 'compaction', 'bytes_written'), 1e-6, '{:.1f} MB'),

@@ -392,7 +392,8 @@ class SharedMap(Replica):
                         listing = await self._records.list()
                         await self.read_phase(listing, result)
                     self.apply_reverts()
-                    if self._compactor.due(listing) and self.caught_up(result):  # 3. fold logs into a snapshot
+                    # 3. fold logs into a snapshot
+                    if self._compactor.due(listing, self._manifests.values()) and self.caught_up(result):
                         await self._compactor.compact(
                             listing, result, had=self._had, manifests=self._manifests, entries=self.snapshot_entries
                         )
