@@ -204,14 +204,15 @@ class StallProbe:
     def __init__(self) -> None:
         self.max_stall = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._last = 0.0
 
     async def _run(self) -> None:
-        last = time.perf_counter()
+        self._last = time.perf_counter()
         while True:
             await asyncio.sleep(0.001)
             now = time.perf_counter()
-            self.max_stall = max(self.max_stall, now - last)
-            last = now
+            self.max_stall = max(self.max_stall, now - self._last)
+            self._last = now
 
     async def __aenter__(self) -> StallProbe:
         self._task = asyncio.create_task(self._run())
@@ -219,6 +220,8 @@ class StallProbe:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        # The gap since the probe last ran counts too: work that never yields would otherwise show no stall at all.
+        self.max_stall = max(self.max_stall, time.perf_counter() - self._last)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

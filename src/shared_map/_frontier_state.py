@@ -18,7 +18,7 @@ from ._values import MISSING, is_enqueued
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-SETTLE_CHUNK = 20_000
+SETTLE_CHUNK = 5_000
 """Waiting URLs whose owner is (re)computed between two yields to the event loop."""
 
 
