@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from ._urls import DONE, rendezvous
+from ._urls import DONE, rendezvous, run_hash
 from ._values import MISSING, is_enqueued
 
 if TYPE_CHECKING:
@@ -218,11 +218,17 @@ class FrontierState:
             if current is MISSING or (current is not None and current not in removed and not joined):
                 continue  # no longer waiting, or its owner is still live and no run joined
             if current is None or current in removed:
-                owner = rendezvous(live, url) if len(live) > 1 else live[0]
-            else:
-                # The owner is still the highest of the runs that were live; only a run that joined can beat it.
-                owner = rendezvous([current, *joined], url)
-            self._assign(url, owner)
+                self._assign(url, rendezvous(live, url) if len(live) > 1 else live[0])
+                continue
+            # The owner is still the highest of the runs that were live: only a run that joined can beat it, so
+            # two hashes per URL whatever the number of runs.
+            owner, best = current, run_hash(current, url)
+            for run in joined:
+                digest = run_hash(run, url)
+                if digest > best:
+                    owner, best = run, digest
+            if owner != current:
+                self._assign(url, owner)
 
     # ------------------------------------------------------------------ this run's queue
 

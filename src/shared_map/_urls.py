@@ -25,6 +25,11 @@ def info_prefix(prefix: str) -> str:
     return f'{prefix}D'
 
 
+def run_hash(run: str, url: str) -> bytes:
+    """The hash of (run, url) that rendezvous hashing compares."""
+    return hashlib.blake2b(f'{run}\n{url}'.encode(), digest_size=8).digest()
+
+
 def rendezvous(runs: list[str], url: str) -> str:
     """The run that owns `url` among `runs`: the highest hash of (run, url) wins, so every run agrees."""
     best, best_digest = runs[0], b''
