@@ -274,6 +274,8 @@ TABLE_ROWS: list[tuple[str, tuple[str | int, ...], float, str]] = [
     ('RSS per entry after initialize (both maps)', ('run', 'rss_per_entry_after_initialize'), 1, '{:.0f} B'),
     ('RSS per entry after the queue fill', ('run', 'rss_per_entry_after_fill'), 1, '{:.0f} B'),
     ('initialize (both maps + frontier), wall', ('run', 'initialize', 'wall'), 1, '{:.2f} s'),
+    ('initialize, CPU', ('run', 'initialize', 'cpu'), 1, '{:.2f} s'),
+    ('first `take_over()` (owners of every waiting URL), CPU', ('run', 'first_take_over', 'cpu'), 1, '{:.2f} s'),
     ('queue fill after the grace period, CPU', ('run', 'queue_fill', 'cpu'), 1, '{:.3f} s'),
     ('queue fill: RSS added', ('run', 'queue_fill', 'rss_added_mib'), 1, '{:.0f} MiB'),
     ('`take_over()`, nothing changed, CPU', ('run', 'take_over', 'nothing_changed', 'cpu_median'), 1, '{:.4f} s'),
@@ -313,6 +315,25 @@ def table(sizes: Json) -> str:
     return '\n'.join(lines)
 
 
+def compare(results: Json, before: str, after: str) -> str:
+    """Side by side: each measurement before and after, per size, with the ratio before / after."""
+    sizes = [n for n in results[after]['sizes'] if n in results[before]['sizes']]
+    head = ' | '.join(f'{int(n):,}: before | after | ratio' for n in sizes)
+    lines = [f'| Measurement | {head} |', '|---' * (3 * len(sizes) + 1) + '|']
+    for label, path, scale, fmt in TABLE_ROWS:
+        cells = []
+        for n in sizes:
+            try:
+                old, new = (_path(results[k]['sizes'][n], path) * scale for k in (before, after))
+            except (KeyError, IndexError, TypeError):
+                cells += ['-', '-', '-']
+                continue
+            ratio = f'{old / new:.1f}x' if new > 0 else ('-' if old == 0 else 'inf')
+            cells += [fmt.format(old), fmt.format(new), ratio]
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def _git(*args: str) -> str:
     return subprocess.run(['git', *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -324,8 +345,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--label', default='current', help='key of these results in --out (others are kept)')
     parser.add_argument('--out', type=Path, default=REPO_ROOT / 'bench' / 'out' / 'scale.json')
+    parser.add_argument(
+        '--compare', nargs=2, metavar=('BEFORE', 'AFTER'), help='print two stored labels side by side; run nothing'
+    )
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(json.loads(args.out.read_text(encoding='utf-8')), *args.compare))
+        return
     if args.child:
         spec = json.loads(args.child)
         if spec['mode'] == 'build':
