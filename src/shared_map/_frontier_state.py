@@ -40,8 +40,11 @@ class FrontierState:
         self.me = me
         self._live: list[str] = list(live)
         self._live_set = frozenset(live)
-        counts = Counter(statuses.values())
-        self.done = sum(counts.get(status, 0) for status in DONE)
+        try:
+            counts = Counter(statuses.values())  # counted in C
+            self.done = sum(counts.get(status, 0) for status in DONE)
+        except TypeError:  # a value that is not a status (a list or dict) cannot be counted that way
+            self.done = sum(1 for value in statuses.values() if value in DONE)
         self._owners: dict[str, str | None] = dict.fromkeys(
             key for key, value in statuses.items() if is_enqueued(value)
         )

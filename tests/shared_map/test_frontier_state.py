@@ -171,3 +171,12 @@ async def test_the_queue_gets_a_bounded_batch_of_taken_over_urls_refilled_as_it_
     assert sorted(fetched) == sorted(urls), 'refilled as it drained, without a sync: every URL fetched once'
     assert manager.stats.taken_over == len(urls)
     assert await manager.tick(), 'nothing waits any more: the crawl is done'
+
+
+async def test_a_value_that_is_not_a_status_is_counted_as_neither_waiting_nor_done() -> None:
+    store = await KeyValueStore.open(name='odd', storage_client=MemoryStorageClient())
+    shared = SharedMap(store, run_id='run-a')
+    await shared.initialize()
+    shared.update({'https://example.com/odd': {'not': 'a status'}, 'https://example.com/done': PROCESSED})
+    manager = SharedRequestManager(await RequestQueue.open(storage_client=MemoryStorageClient()), shared)
+    assert (manager.frontier.state.done, manager.frontier.state.waiting) == (1, 0)
