@@ -10,7 +10,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._covers import Covers, covers_subset, covers_union
@@ -52,9 +52,21 @@ class Compactor:
         self._lease_ttl_ms = lease_ttl_ms
         self._orphan_age_ms = orphan_age_ms
 
-    def due(self, listing: Listing) -> bool:
-        """Whether the log records listed are many or big enough to fold into a snapshot."""
-        return len(listing.logs) >= self._compact_after_records or listing.log_bytes >= self._compact_after_bytes
+    def due(self, listing: Listing, manifests: Iterable[Manifest] = ()) -> bool:
+        """Whether the log records listed are many or big enough to fold into a snapshot.
+
+        Logs that a known snapshot (`manifests`) already holds do not count: they are deleted by the next
+        compaction anyway, and counting them made every compaction be followed by a second one at the next sync
+        (and a run joining a store with many logs compact twice), each rewriting the whole state.
+        """
+        covering = [m.covers for m in manifests]
+        fresh = [
+            key
+            for key, (writer, seq) in listing.logs.items()
+            if not any(writer in covers and seq in covers[writer] for covers in covering)
+        ]
+        fresh_bytes = sum(listing.log_sizes.get(key, 0) for key in fresh)
+        return len(fresh) >= self._compact_after_records or fresh_bytes >= self._compact_after_bytes
 
     async def compact(
         self,

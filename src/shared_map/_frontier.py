@@ -1,6 +1,7 @@
 """The crawl's frontier as one run sees it: who owns which URL, when to sync, what to take over, when it is done.
 
-`SharedRequestManager` (`_request_manager.py`) puts crawlee's `RequestManager` interface on top of this.
+`SharedRequestManager` (`_request_manager.py`) puts crawlee's `RequestManager` interface on top of this; the per-URL
+state lives in `FrontierState` (`_frontier_state.py`), kept up to date on every change of the map.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from crawlee import Request
 
-from ._forwarding import ForwardingRequestManager
+from ._frontier_state import FrontierState
 from ._periodic import stop_task
 from ._stats import SharingStats
-from ._urls import DONE, MAP_KEY_FIELD, rendezvous, request_from_map
-from ._values import ENQUEUED
+from ._urls import MAP_KEY_FIELD, request_from_map
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,10 +40,12 @@ _CAREFUL_PER_RUN = 10
 """With several runs, the last `10 x runs` pages of the limit are started one per sync per run."""
 _FAST_PACE = 50.0
 """Pages per second a run is assumed to fetch when guessing when it runs out of work (a guess on the early side)."""
+QUEUE_BATCH = 2_000
+"""Most URLs taken over from the map that wait in this run's queue at once; refilled as the crawler drains it."""
 
 
-class SharedFrontier(ForwardingRequestManager):
-    """The sharing state and the background loop of a `SharedRequestManager` (see its docstring)."""
+class SharedFrontier:
+    """The sharing state and the background loop behind a `SharedRequestManager` (see its docstring)."""
 
     def __init__(
         self,
@@ -57,7 +59,7 @@ class SharedFrontier(ForwardingRequestManager):
         keep_depths: bool = False,
         max_processed: int | None = None,
     ) -> None:
-        """Wrap `inner` (the run's own request queue).
+        """Take over URLs from `shared` into `inner` (the run's own request queue).
 
         Args:
             inner: The run's request queue.
@@ -71,41 +73,32 @@ class SharedFrontier(ForwardingRequestManager):
             max_processed: Stop once this many URLs are processed (or failed) by all runs together: exact with one
                 run; with several, exceeded by at most what the other runs started but had not synced yet.
         """
-        super().__init__(inner)
+        self._inner = inner
         self._shared = shared
         self._info = info
         if info is not None:  # on every path that publishes statuses: the loop, the Actor's events, close
             shared.publish_after(info)
-        self._keep_depths = keep_depths
+        self.keep_depths = keep_depths
         self._sync_interval = sync_interval_secs
         self._idle_poll = min(IDLE_POLL_SECS, sync_interval_secs)
         self._dead_after = dead_after_secs
         self._expected_runs = expected_runs
         self._max_processed = max_processed
-        self._live: list[str] = shared.live_runs(dead_after_secs)
-        # URLs already waiting when this run joined runs that were crawling: their owner before it joined may still
-        # fetch them from its queue until it sees this run, so this run leaves them alone for a grace period.
-        self._inherited: set[str] | None = None
-        self._join_others: list[str] = []
+        self.state = FrontierState(shared.run_id, shared.live_runs(dead_after_secs), shared)
+        shared.listen(self.state)
+        # Whether the first sync happened: a run joining runs that were crawling leaves the URLs waiting then to
+        # their earlier owner for a grace period (it may still fetch them from its queue until it sees this run).
+        self._joined = False
         self._grace_until = 0.0
-        # Map keys in this run's queue (queued or in flight) and not handled yet.
-        self._queued: set[str] = set()
-        # Map keys whose queued request was marked handled unfetched (another run owned it): the queue would ignore
-        # the same unique key again, so taking such a URL over again queues it under a fresh one.
-        self._let_go: set[str] = set()
         self._requeues = 0
         # Whether this run's queue held handled requests before this run (kept from an interrupted attempt).
         self._queue_had_history: bool | None = None
         self._handled = 0  # requests this run marked handled in its queue
-        self._started: set[str] = set()  # map keys handed out to the crawler by this run
-        self._in_flight = 0
-        self._others_done = 0  # pages the other runs processed or failed, as of the last scan
+        self.in_flight = 0
         self._allowance: int | None = None  # requests this run may start before its next sync (with a limit)
-        self._owner_cache: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._on_done: Callable[[], Any] | None = None
         self._done = False
-        self._rescan = True
         self._wake = asyncio.Event()  # set when the loop should re-consider when to sync
         self._sync_now = False  # this run ran out of work, used up its share of the limit, or ended its last request
         self._idle = False
@@ -118,58 +111,95 @@ class SharedFrontier(ForwardingRequestManager):
         self._last_report_at = float('-inf')
         self.stats = SharingStats()
         self.last_sync: SyncResult | None = None
-        if max_processed is not None:  # pages processed before this run started (e.g. an earlier attempt) count
-            self._others_done = sum(1 for status in shared.values() if status in DONE)
-            self._update_allowance()
+        self._update_allowance()
 
     @property
     def live_runs(self) -> list[str]:
         """The runs that currently share the crawl, as of the last sync."""
-        return list(self._live)
+        return self.state.live
 
     @property
     def started(self) -> int:
         """Requests this run handed out to the crawler (each URL once, retries not counted)."""
-        return len(self._started)
+        return len(self.state.started)
+
+    @property
+    def shared(self) -> SharedMap:
+        """The shared map of URL -> status."""
+        return self._shared
+
+    @property
+    def info(self) -> SharedMap | None:
+        """The shared map of URL -> request info (label, user data, depth), if kept."""
+        return self._info
 
     # ------------------------------------------------------------------ ownership
 
     def owner(self, url: str) -> str:
         """The live run that should fetch `url`: the highest hash of (run, url) wins (rendezvous hashing)."""
-        runs = self._live
-        if len(runs) == 1:
-            return runs[0]
-        owner = self._owner_cache.get(url)
-        if owner is None:
-            owner = rendezvous(runs, url)
-            if len(self._owner_cache) > 200_000:
-                self._owner_cache.clear()
-            self._owner_cache[url] = owner
-        return owner
+        return self.state.owner(url)
 
     def _refresh_live_runs(self) -> None:
         live = self._shared.live_runs(self._dead_after)
-        if live != self._live:
-            logger.info('Runs sharing the crawl: %s (was %s).', ', '.join(live), ', '.join(self._live))
-            self._live = live
-            self._owner_cache.clear()
+        if live != self.state.live:
+            logger.info('Runs sharing the crawl: %s (was %s).', ', '.join(live), ', '.join(self.state.live))
+            self.state.set_live(live)
             self.stats.owner_changes += 1
-            self._rescan = True
 
-    def _held_back(self) -> bool:
+    def held_back(self) -> bool:
         """Whether the limit (or this run's share of what is left of it) keeps this run from starting requests."""
         return self._allowance is not None and self._allowance <= 0
 
-    def _note_idle(self) -> None:
+    def note_idle(self) -> None:
         """Sync when this run runs out of work, so its handovers and the end of the crawl are not delayed."""
         if not self._idle:
             self._idle = True
-            self._sync_soon()
+            self.sync_soon()
 
-    def _sync_soon(self) -> None:
+    def sync_soon(self) -> None:
+        """Sync as soon as the least gap between syncs allows."""
         self._sync_now = True
         self._wake.set()
 
+    def note_handed_over(self) -> None:
+        """A URL this run found went to its owner through the map: publish it sooner if others are hungry."""
+        self.stats.handed_over += 1
+        self._handed_since_sync += 1
+        if self._handed_since_sync == 1 and time.monotonic() >= self._others_hungry_at:
+            self._wake.set()  # another run is running out of work: publish sooner
+
+    def note_started(self, key: str, *, done: bool) -> None:
+        """The crawler got the request for `key` (each URL counts once towards this run's starts)."""
+        if self.state.mark_started(key, done=done) and self._allowance is not None:
+            self._allowance -= 1
+        self.in_flight += 1
+
+    def note_ended(self) -> None:
+        """A started request was handled or given back for a retry."""
+        self.in_flight = max(0, self.in_flight - 1)
+
+    def note_marked_handled(self) -> None:
+        """This run marked a request handled in its queue."""
+        self._handled += 1
+
+    async def is_empty(self) -> bool:
+        """Whether this run has nothing to fetch now (its queue empty, nothing ready; or the limit holds it back)."""
+        if self.held_back() or (await self._inner.is_empty() and not await self.refill()):
+            self.note_idle()
+            return True
+        self._idle = False
+        return False
+
+    async def refill(self) -> bool:
+        """Queue more of the URLs this run owns, up to `QUEUE_BATCH` waiting in its queue; whether it queued any.
+
+        Not while URLs became ready since the last `take_over()`: their request info is read there first.
+        """
+        if self.state.fresh_ready or not self.state.ready:
+            return False
+        return await self._queue_ready()
+
+    # ------------------------------------------------------------------ the loop
     # ------------------------------------------------------------------ the loop
 
     async def wait_for_runs(self, timeout_secs: float | None = None) -> list[str]:
@@ -183,14 +213,14 @@ class SharedFrontier(ForwardingRequestManager):
         deadline = time.monotonic() + timeout_secs
         while True:
             await self.sync()
-            if len(self._live) >= self._expected_runs or time.monotonic() >= deadline:
+            if len(self.state.live) >= self._expected_runs or time.monotonic() >= deadline:
                 return self.live_runs
             await asyncio.sleep(min(0.25, self._idle_poll))  # a short phase: the crawl starts once all are seen
 
     def start(self, *, on_done: Callable[[], Any]) -> None:
         """Start the background loop; `on_done` is called once the whole crawl is done (e.g. `crawler.stop`)."""
         self._on_done = on_done
-        self._sync_soon()  # a first round at once: queue the URLs this run owns (e.g. when resuming a crawl)
+        self.sync_soon()  # a first round at once: queue the URLs this run owns (e.g. when resuming a crawl)
         self._task = asyncio.create_task(self._loop(), name='shared-request-manager')
 
     async def close(self) -> None:
@@ -244,59 +274,40 @@ class SharedFrontier(ForwardingRequestManager):
         result = await self._shared.sync()  # the request info first (`SharedMap.publish_after`), then the statuses
         self.stats.syncs += 1
         self.last_sync = result
-        if result.entries_changed:
-            self._rescan = True
         self._refresh_live_runs()
         self._update_allowance()
-        if self._inherited is None:
-            self._join_others = [run for run in self._live if run != self._shared.run_id]
-            waiting = {url for url, status in self._shared.items() if status == ENQUEUED}
-            self._inherited = waiting if self._join_others else set()
-            if self._inherited:
+        if not self._joined:
+            self._joined = True
+            join_others = [run for run in self.state.live if run != self._shared.run_id]
+            if join_others and self.state.waiting:
+                self.state.begin_grace(join_others)
                 # The others see this run within their sync interval, then leave these URLs to their new owner.
                 self._grace_until = time.monotonic() + self._sync_interval + 2 * self._idle_poll
 
     async def take_over(self) -> bool:
-        """Queue the waiting URLs this run owns and has not queued; whether the whole crawl is done.
+        """Queue the waiting URLs this run owns and has not queued (a batch at a time); whether the crawl is done.
 
-        Once it is done, `on_done` (given to `start()`) is called.
+        Costs what changed since the last call: owners are computed for the URLs that started waiting, and, after
+        a change of the live runs, for the waiting URLs it can move (in chunks that let other tasks run).
+        Once the crawl is done, `on_done` (given to `start()`) is called.
         """
-        me = self._shared.run_id
-        waiting = done = mine_done = 0
-        mine: list[str] = []
+        state = self.state
         if self._grace_until and time.monotonic() >= self._grace_until:
-            self._inherited, self._grace_until, self._rescan = set(), 0.0, True
-        live = set(self._live)
-        inherited = self._inherited or set()
-        rescan = self._rescan
-        waiting_for: dict[str, int] = dict.fromkeys(live - {me}, 0)  # URLs waiting for each other run
-        for url, status in self._shared.items():  # Synchronous: the map cannot change during the scan.
-            if status == ENQUEUED:
-                waiting += 1
-                if not rescan or url in self._queued:
-                    continue
-                owner = self.owner(url)
-                if owner != me:
-                    waiting_for[owner] = waiting_for.get(owner, 0) + 1
-                elif not (url in inherited and rendezvous(self._join_others, url) in live):
-                    mine.append(url)
-            elif status in DONE:
-                done += 1
-                if url in self._started:
-                    mine_done += 1
-        if rescan:
-            self._expect_hunger(waiting_for)
-        self._rescan = False
-        self._others_done = done - mine_done
-        if mine:
-            if self._info is not None:
-                await self._info.sync()  # the others' request info, read only when there is something to take over
-            await self._queue_taken_over(mine)
+            self._grace_until = 0.0
+            state.end_grace()
+        await state.settle()
+        others = {run: count for run, count in state.waiting_for().items() if run != state.me}
+        self._expect_hunger(others)
+        if state.ready and state.take_fresh() and self._info is not None:
+            await self._info.sync()  # the others' request info, read only when there is something to take over
+        if state.ready:
+            await self._queue_ready()
         self._update_allowance()
+        waiting, done = state.waiting, state.done
         self._report(waiting, done)
-        known = len(self._started) + self._others_done
+        known = len(state.started) + state.others_done
         limit_reached = self._max_processed is not None and known >= self._max_processed
-        if self._in_flight == 0 and (limit_reached or (waiting == 0 and await self._inner.is_finished())):
+        if self.in_flight == 0 and (limit_reached or (waiting == 0 and await self._inner.is_finished())):
             self._done = True
             reason = 'the limit of processed pages was reached' if limit_reached else 'no URL is waiting in any run'
             logger.info('The shared crawl is done: %s (%d processed or failed).', reason, max(done, known))
@@ -311,9 +322,14 @@ class SharedFrontier(ForwardingRequestManager):
             float('inf') if least is None else time.monotonic() + max(0, least - HUNGRY_BELOW) / _FAST_PACE
         )
 
-    async def _queue_taken_over(self, urls: list[str]) -> None:
-        fresh = [url for url in urls if url not in self._let_go]
-        again = [url for url in urls if url in self._let_go]
+    async def _queue_ready(self) -> bool:
+        """Queue ready URLs until `QUEUE_BATCH` wait in this run's queue; whether it queued any."""
+        urls = self.state.take_ready(QUEUE_BATCH - len(self.state.queued))
+        if not urls:
+            return False
+        let_go = self.state.let_go
+        fresh = [url for url in urls if url not in let_go]
+        again = [url for url in urls if url in let_go]
         if self._queue_had_history is None:
             self._queue_had_history = await self._inner.get_handled_count() > self._handled
         if self._queue_had_history:
@@ -322,15 +338,19 @@ class SharedFrontier(ForwardingRequestManager):
                 if result is not None and result.was_already_handled:
                     # Handled in this queue by an interrupted attempt, yet still waiting in the map: fetch it again.
                     again.append(url)
-        elif fresh:
-            await self._inner.add_requests([self._request_from_map(url) for url in fresh])
+        elif fresh:  # all in the queue before this returns (crawlee adds beyond its first 1,000 in the background)
+            await self._inner.add_requests(
+                [self._request_from_map(url) for url in fresh], wait_for_all_requests_to_be_added=True
+            )
         if again:
-            await self._inner.add_requests([self._request_from_map(url, fresh_key=True) for url in again])
-            self._let_go.difference_update(again)
-        self._queued.update(urls)
+            await self._inner.add_requests(
+                [self._request_from_map(url, fresh_key=True) for url in again], wait_for_all_requests_to_be_added=True
+            )
+            let_go.difference_update(again)
         self._idle = False
         self.stats.taken_over += len(urls)
-        logger.info('Took over %d URLs from the shared map.', len(urls))
+        logger.info('Took over %d URLs from the shared map (%d more ready).', len(urls), len(self.state.ready))
+        return True
 
     def _update_allowance(self) -> None:
         """How many requests this run may start before its next sync, so that all runs together keep the limit.
@@ -342,8 +362,8 @@ class SharedFrontier(ForwardingRequestManager):
         """
         if self._max_processed is None:
             return
-        left = self._max_processed - len(self._started) - self._others_done
-        runs = len(self._live)
+        left = self._max_processed - len(self.state.started) - self.state.others_done
+        runs = len(self.state.live)
         reserve = _CAREFUL_PER_RUN * runs if runs > 1 else 0
         if left > reserve:
             self._allowance = math.ceil((left - reserve) / runs)
@@ -353,7 +373,7 @@ class SharedFrontier(ForwardingRequestManager):
     def _report(self, waiting: int, done: int) -> None:
         """Log the state of the crawl when it changed, at most once per sync interval."""
         now = time.monotonic()
-        report = (len(self._shared), done, waiting, len(self._live))
+        report = (len(self._shared), done, waiting, len(self.state.live))
         if report == self._last_report or now - self._last_report_at < self._sync_interval:
             return
         self._last_report, self._last_report_at = report, now

@@ -12,7 +12,7 @@ import json
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from typing_extensions import override
 
@@ -33,6 +33,19 @@ if TYPE_CHECKING:
     from ._stats import SyncResult
 
 
+class ChangeListener(Protocol):
+    """Told of every change of a visible value (a local set or deletion, a merged entry, a revert), as it happens.
+
+    `old` and `new` are `MISSING` for an absent key. Called synchronously, so it sees every change in order.
+    """
+
+    def changed(self, key: str, old: Any, new: Any) -> None:
+        """One key changed from `old` to `new`."""
+
+    def changed_many(self, keys: list[str], olds: list[Any] | None, new: Any) -> None:
+        """Every key of `keys` took `new`; `olds` are their earlier values, None when all were absent."""
+
+
 class MergingDict(dict[str, Any]):
     """A `dict` of string keys to JSON values that records local changes and merges entries read from other runs."""
 
@@ -45,6 +58,11 @@ class MergingDict(dict[str, Any]):
         self._tombstones: dict[str, int] = {}  # deleted key -> stamp of the deletion
         self._dirty: dict[str, Any] = {}  # local changes since the last sync (value or DELETED)
         self._reverts: dict[str, tuple[Any, int] | Any] = {}  # local `enqueued` over a winning value -> that value
+        self._listener: ChangeListener | None = None
+
+    def listen(self, listener: ChangeListener | None) -> None:
+        """Tell `listener` of every change of a visible value from now on (one listener; None stops it)."""
+        self._listener = listener
 
     @property
     def clock(self) -> HybridClock:
@@ -82,6 +100,12 @@ class MergingDict(dict[str, Any]):
                 raise ValueError(f'Value of {key!r:.80} is too large for one record.')
         if self._reverts:
             self._reverts.pop(key, None)
+        if self._listener is not None:
+            old = dict.get(self, key, MISSING)
+            dict.__setitem__(self, key, value)
+            self._dirty[key] = value
+            self._listener.changed(key, old, value)
+            return
         dict.__setitem__(self, key, value)
         self._dirty[key] = value
 
@@ -111,14 +135,18 @@ class MergingDict(dict[str, Any]):
         # Shown locally until the next sync, where the value that wins across runs comes back; not published,
         # since `enqueued` never replaces a present value anywhere.
         dict.__setitem__(self, key, ENQUEUED)
+        if self._listener is not None:
+            self._listener.changed(key, current, ENQUEUED)
         return True
 
     @override
     def __delitem__(self, key: str) -> None:
-        dict.__delitem__(self, key)
+        old = dict.pop(self, key)
         if self._reverts:
             self._reverts.pop(key, None)
         self._dirty[key] = DELETED
+        if self._listener is not None:
+            self._listener.changed(key, old, MISSING)
 
     @override
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -218,25 +246,37 @@ class MergingDict(dict[str, Any]):
             and self._tombstones.keys().isdisjoint(keys)
         ):
             # Fast paths, in C: no key of the group is pending, reverted or deleted here.
+            listener = self._listener
             if is_enqueued(value):
                 if data_keys.isdisjoint(keys):
                     dict.update(self, dict.fromkeys(keys, ENQUEUED))
+                    if listener is not None:
+                        listener.changed_many(keys, None, ENQUEUED)
                     return len(keys)
                 new = [key for key in keys if key not in data_keys]
                 dict.update(self, dict.fromkeys(new, ENQUEUED))
+                if listener is not None:
+                    listener.changed_many(new, None, ENQUEUED)
                 return len(new)
             if value is not DELETED and value.__class__ in SCALAR_TYPES:
                 if data_keys.isdisjoint(keys):
                     dict.update(self, dict.fromkeys(keys, value))
                     self._stamps.update(dict.fromkeys(keys, stamp))
+                    if listener is not None:
+                        listener.changed_many(keys, None, value)
                     return len(keys)
                 if newest:
                     # Every key takes the new value. Re-insert the keys so the map and `_stamps` hold one shared key
                     # string, not two equal ones (~110 bytes per URL).
-                    deque(map(dict.pop, repeat(self), keys, repeat(None)), maxlen=0)
+                    if listener is not None:
+                        olds = list(map(dict.pop, repeat(self), keys, repeat(MISSING)))
+                    else:
+                        deque(map(dict.pop, repeat(self), keys, repeat(None)), maxlen=0)
                     deque(map(self._stamps.pop, keys, repeat(None)), maxlen=0)
                     dict.update(self, dict.fromkeys(keys, value))
                     self._stamps.update(dict.fromkeys(keys, stamp))
+                    if listener is not None:
+                        listener.changed_many(keys, olds, value)
                     return len(keys)
         return sum(self.merge_one(key, value, stamp) for key in keys)
 
@@ -270,8 +310,14 @@ class MergingDict(dict[str, Any]):
         if value is DELETED:
             self._tombstones[key] = stamp
             self._stamps.pop(key, None)
-            return dict.pop(self, key, MISSING) is not MISSING
+            old = dict.pop(self, key, MISSING)
+            if old is MISSING:
+                return False
+            if self._listener is not None:
+                self._listener.changed(key, old, MISSING)
+            return True
         self._tombstones.pop(key, None)
+        old = dict.get(self, key, MISSING)
         if is_enqueued(value):
             self._stamps.pop(key, None)
         else:
@@ -279,6 +325,8 @@ class MergingDict(dict[str, Any]):
                 dict.pop(self, key, None)  # re-inserted below with this key object, which `_stamps` shares
             self._stamps[key] = stamp
         dict.__setitem__(self, key, value)
+        if self._listener is not None:
+            self._listener.changed(key, old, value)
         return True
 
     def apply_reverts(self) -> None:
@@ -296,6 +344,8 @@ class MergingDict(dict[str, Any]):
                     self._tombstones.pop(key, None)  # the restored value is the key's one authoritative entry
                     dict.__setitem__(self, key, value)
                     self._stamps[key] = stamp
+                if self._listener is not None:
+                    self._listener.changed(key, ENQUEUED, MISSING if value is DELETED else value)
 
     def snapshot_entries(self, capture_stamp: int) -> Iterator[tuple[str, Any, int]]:
         """Every key's authoritative entry, for a snapshot; pending local changes at `capture_stamp`."""

@@ -15,6 +15,8 @@ from ._merging_dict import MergingDict
 from ._records import Chunk, CorruptRecordError, Manifest, split_entries
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ._compaction import Compactor
     from ._liveness import RunsSeen
     from ._stats import SyncResult
@@ -154,6 +156,10 @@ class Replica(MergingDict):
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
             listing = await self._records.list()
         return False
+
+    def known_manifests(self) -> Iterable[Manifest]:
+        """The snapshot manifests this replica has read (logs they hold do not make a compaction due)."""
+        return self._manifests.values()
 
     async def compact(self, compactor: Compactor, listing: Listing, result: SyncResult) -> None:
         """Let `compactor` fold the logs into a snapshot of what this replica merged, beside the snapshots it knows."""

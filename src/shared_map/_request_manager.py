@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -15,17 +14,20 @@ from crawlee.storages import RequestQueue
 from typing_extensions import override
 
 from ._errors import SharedMapError
+from ._forwarding import ForwardingRequestManager
 from ._frontier import SharedFrontier
 from ._shared_map import SharedMap
-from ._urls import FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
+from ._urls import DONE, FAILED, PROCESSED, SKIPPED, info_prefix, map_key, map_key_of, request_info, with_map_key
 from ._values import ENQUEUED
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import timedelta
 
     from crawlee.crawlers import BasicCrawler
     from crawlee.request_loaders import RequestManager
+
+    from ._stats import SharingStats, SyncResult
 
 
 logger = logging.getLogger(__name__)
@@ -47,15 +49,16 @@ async def _close_maps(maps: Iterable[SharedMap]) -> int:
     return unsaved
 
 
-class SharedRequestManager(SharedFrontier):
+class SharedRequestManager(ForwardingRequestManager):
     """Wraps a run's request queue so that parallel runs crawl each URL about once.
 
     * Adding a request: a URL any run already knows is dropped; a new URL is marked `enqueued` in the shared map, and
       queued here only if this run *owns* it: each URL has one owner among the live runs (rendezvous hashing over
       the runs seen in the store). Otherwise it is handed over through the map.
-    * A background loop syncs the map and queues every `enqueued` URL this run owns and has not queued yet (handed
-      over to it, or left by a run that died or finished: ownership moves when the set of live runs changes). It
-      calls `on_done` once nothing is queued here and no URL in the map is waiting, or once the limit is reached.
+    * A background loop syncs the map and queues the `enqueued` URLs this run owns and has not queued yet (handed
+      over to it, or left by a run that died or finished: ownership moves when the set of live runs changes), a
+      batch of `QUEUE_BATCH` at a time, refilled as the crawler drains the queue. It calls `on_done` once nothing is
+      queued here and no URL in the map is waiting, or once the limit is reached.
       It syncs every `sync_interval_secs` while busy, at once when the queue runs empty, and about once a second
       while idle, so the end of the crawl is noticed quickly.
     * Fetching: a request whose URL another run has processed meanwhile is skipped before the HTTP request; so is one
@@ -82,6 +85,11 @@ class SharedRequestManager(SharedFrontier):
         loop, does a final sync, releases the lease and marks this run finished, so the others never wait for it.
         For finer control: `SharedRequestManager.open(shared)`, `start(on_done=...)`, `tick()`, `close()`.
     """
+
+    def __init__(self, inner: RequestManager, shared: SharedMap, **options: Any) -> None:
+        """Wrap `inner` (the run's own request queue); `options` are those of `SharedFrontier`."""
+        super().__init__(inner)
+        self._frontier = SharedFrontier(inner, shared, **options)
 
     @classmethod
     async def open(
@@ -178,29 +186,84 @@ class SharedRequestManager(SharedFrontier):
         self.start(on_done=crawler.stop)
         await crawler.run(requests)
 
+    # ------------------------------------------------------------------ the frontier's controls
+
+    @property
+    def frontier(self) -> SharedFrontier:
+        """The sharing state and background loop behind this manager."""
+        return self._frontier
+
+    @property
+    def shared(self) -> SharedMap:
+        """The shared map of URL -> status."""
+        return self._frontier.shared
+
+    @property
+    def info(self) -> SharedMap | None:
+        """The shared map of URL -> request info (label, user data, depth), if kept."""
+        return self._frontier.info
+
+    @property
+    def stats(self) -> SharingStats:
+        """What the sharing saved and cost, for this run."""
+        return self._frontier.stats
+
+    @property
+    def last_sync(self) -> SyncResult | None:
+        """What the last sync of the status map did."""
+        return self._frontier.last_sync
+
+    @property
+    def live_runs(self) -> list[str]:
+        """The runs that currently share the crawl, as of the last sync."""
+        return self._frontier.live_runs
+
+    @property
+    def started(self) -> int:
+        """Requests this run handed out to the crawler (each URL once, retries not counted)."""
+        return self._frontier.started
+
+    def owner(self, url: str) -> str:
+        """The live run that should fetch `url` (rendezvous hashing over the live runs)."""
+        return self._frontier.owner(url)
+
+    async def wait_for_runs(self, timeout_secs: float | None = None) -> list[str]:
+        """Sync until `expected_runs` runs are seen (see `SharedFrontier.wait_for_runs`)."""
+        return await self._frontier.wait_for_runs(timeout_secs)
+
+    def start(self, *, on_done: Callable[[], Any]) -> None:
+        """Start the background loop; `on_done` is called once the whole crawl is done (e.g. `crawler.stop`)."""
+        self._frontier.start(on_done=on_done)
+
+    async def close(self) -> None:
+        """Stop the background loop."""
+        await self._frontier.close()
+
+    async def sync(self) -> None:
+        """Sync the shared maps and learn which runs are live (hence who owns what)."""
+        await self._frontier.sync()
+
+    async def take_over(self) -> bool:
+        """Queue the waiting URLs this run owns and has not queued; whether the whole crawl is done."""
+        return await self._frontier.take_over()
+
+    async def tick(self) -> bool:
+        """One round of the loop: sync, queue the URLs this run owns, and check whether the crawl is done."""
+        return await self._frontier.tick()
+
     def is_known(self, url: str) -> bool:
         """Whether the shared map already has `url` (any status), counted as a known link skipped if so.
 
         A link to a known URL need not become a `Request` at all: `enqueue_links(transform_request_function=...)` can
         drop it before crawlee builds one, which `add_requests` would then skip anyway.
         """
-        if map_key(url) in self._shared:
+        if map_key(url) in self.shared:
             self.stats.known_skipped += 1
             return True
         return False
 
     unsaved_changes = 0
     """Changes the store did not take when the crawl was closed (see `open_crawl`); 0 when all were saved."""
-
-    @property
-    def shared(self) -> SharedMap:
-        """The shared map of URL -> status."""
-        return self._shared
-
-    @property
-    def info(self) -> SharedMap | None:
-        """The shared map of URL -> request info (label, user data, depth), if kept."""
-        return self._info
 
     # ------------------------------------------------------------------ RequestManager
 
@@ -210,7 +273,7 @@ class SharedRequestManager(SharedFrontier):
         request = with_map_key(self._transform_request(request))
         if not self._admit(request):
             return ProcessedRequest(unique_key=request.unique_key, was_already_present=True, was_already_handled=False)
-        return await self._inner.add_request(request, forefront=forefront)
+        return await self.inner.add_request(request, forefront=forefront)
 
     @override
     async def add_requests(
@@ -238,93 +301,88 @@ class SharedRequestManager(SharedFrontier):
 
     def _admit(self, request: Request) -> bool:
         url = request.unique_key  # the map key (see `map_key`), which the queue dedupes on too
-        if url in self._shared:
+        frontier, shared, info = self._frontier, self.shared, self.info
+        if url in shared:
             self.stats.known_skipped += 1
             return False
-        self._shared[url] = ENQUEUED
+        shared[url] = ENQUEUED
         if request.method != 'GET':
-            self._queued.add(url)
+            frontier.state.mark_queued(url)
             return True  # only GET requests can be rebuilt from their key by another run
-        if self._info is not None:  # so that whoever fetches it, now or after a restart, routes it the same way
-            info = request_info(request, keep_depth=self._keep_depths)
-            if info is not None:
+        if info is not None:  # so that whoever fetches it, now or after a restart, routes it the same way
+            request_data = request_info(request, keep_depth=frontier.keep_depths)
+            if request_data is not None:
                 try:
-                    self._info[url] = info
+                    info[url] = request_data
                 except (TypeError, ValueError) as exc:  # user data that is not JSON: keep the label and depth
                     logger.warning('The user data of %s cannot be shared (%s); only its label and depth are.', url, exc)
-                    self._info[url] = request_info(request.model_copy(update={'user_data': {}}), keep_depth=True)
-        if self.owner(url) != self._shared.run_id:
-            self.stats.handed_over += 1
-            self._handed_since_sync += 1
-            if self._handed_since_sync == 1 and time.monotonic() >= self._others_hungry_at:
-                self._wake.set()  # another run is running out of work: publish sooner
+                    info[url] = request_info(request.model_copy(update={'user_data': {}}), keep_depth=True)
+        if frontier.owner(url) != shared.run_id:
+            frontier.note_handed_over()
             return False
-        self._queued.add(url)
+        frontier.state.mark_queued(url)
         return True
 
     @override
     async def fetch_next_request(self) -> Request | None:
         """The next request to fetch: none beyond the limit, none another run processed or owns now."""
+        frontier, shared = self._frontier, self.shared
         while True:
-            if self._held_back():
-                self._note_idle()  # the limit, or this run's share of what is left before the next sync
+            if frontier.held_back():
+                frontier.note_idle()  # the limit, or this run's share of what is left before the next sync
                 return None
-            request = await self._inner.fetch_next_request()
+            request = await self.inner.fetch_next_request()
+            if request is None and await frontier.refill():
+                request = await self.inner.fetch_next_request()
             if request is None:
-                self._note_idle()
+                frontier.note_idle()
                 return None
             key = map_key_of(request)
-            status = self._shared.get(key)
+            status = shared.get(key)
+            let_go = False
             if status is not None and status != ENQUEUED:
                 self.stats.skipped_before_fetch += 1
-            elif request.method == 'GET' and self.owner(key) != self._shared.run_id:
+            elif request.method == 'GET' and frontier.owner(key) != shared.run_id:
                 self.stats.left_to_owner += 1  # its owner queues it from the map; this run may get it back later
-                self._let_go.add(key)
+                let_go = True
             else:
-                if key not in self._started:
-                    self._started.add(key)
-                    if self._allowance is not None:
-                        self._allowance -= 1
-                self._in_flight += 1
+                frontier.note_started(key, done=status in DONE)
                 return request
-            self._queued.discard(key)
-            self._handled += 1
-            await self._inner.mark_request_as_handled(request)
+            frontier.state.mark_unqueued(key, let_go=let_go)
+            frontier.note_marked_handled()
+            await self.inner.mark_request_as_handled(request)
 
     @override
     async def mark_request_as_handled(self, request: Request) -> ProcessedRequest | None:
         """Record the outcome in the shared map, then in the queue."""
+        frontier = self._frontier
         state = request.state
         key = map_key_of(request)
-        self._shared[key] = (
+        self.shared[key] = (
             PROCESSED if state == RequestState.DONE else SKIPPED if state == RequestState.SKIPPED else FAILED
         )
-        self._queued.discard(key)
-        self._in_flight = max(0, self._in_flight - 1)
-        self._handled += 1
-        result = await self._inner.mark_request_as_handled(request)
-        if self._in_flight == 0 and await self.is_empty():
-            self._sync_soon()  # this run's last request ended: sync now, not at the next interval
+        frontier.state.mark_unqueued(key)
+        frontier.note_ended()
+        frontier.note_marked_handled()
+        result = await self.inner.mark_request_as_handled(request)
+        if frontier.in_flight == 0 and await self.is_empty():
+            frontier.sync_soon()  # this run's last request ended: sync now, not at the next interval
         return result
 
     @override
     async def reclaim_request(self, request: Request, *, forefront: bool = False) -> ProcessedRequest | None:
         """Give a failed request back to the queue for a retry."""
-        self._in_flight = max(0, self._in_flight - 1)
-        return await self._inner.reclaim_request(request, forefront=forefront)
+        self._frontier.note_ended()
+        return await self.inner.reclaim_request(request, forefront=forefront)
 
     @override
     async def is_empty(self) -> bool:
         """Whether this run has nothing to fetch now (its queue is empty, or the limit holds it back)."""
-        if self._held_back() or await self._inner.is_empty():
-            self._note_idle()
-            return True
-        self._idle = False
-        return False
+        return await self._frontier.is_empty()
 
     @override
     async def is_finished(self) -> bool:
         """Whether this run has nothing to fetch and nothing in progress."""
-        if self._in_flight:
+        if self._frontier.in_flight:
             return False
-        return self._held_back() or await self._inner.is_finished()
+        return self._frontier.held_back() or await self.inner.is_finished()

@@ -424,7 +424,8 @@ class SharedMap(Replica):
                         listing = await self.records.list()
                         await self.read_phase(listing, result)
                     self.apply_reverts()
-                    if self._compactor.due(listing) and self.caught_up(result):  # 3. fold logs into a snapshot
+                    # 3. fold logs into a snapshot
+                    if self._compactor.due(listing, self.known_manifests()) and self.caught_up(result):
                         await self.compact(self._compactor, listing, result)
             except SharedMapError:
                 self.stats.sync_errors += 1

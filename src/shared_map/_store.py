@@ -94,6 +94,8 @@ class Listing:
     logs: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Log key -> (writer, seq)."""
     log_bytes: int = 0
+    log_sizes: dict[str, int] = field(default_factory=dict)
+    """Log key -> its size in bytes (0 when the store does not say)."""
     manifests: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
@@ -130,6 +132,7 @@ class RecordStore:
                 continue
             if kind == 'L':
                 listing.logs[key] = self.keys.log_writer(fields)
+                listing.log_sizes[key] = meta.size or 0
                 listing.log_bytes += meta.size or 0
             elif kind == 'M':
                 listing.manifests.append(key)

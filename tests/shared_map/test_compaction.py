@@ -41,6 +41,28 @@ async def test_compaction_bounds_the_records_and_loses_nothing(store: KeyValueSt
     assert len(fresh) == 35
 
 
+async def test_logs_a_snapshot_holds_do_not_trigger_another_compaction(store: KeyValueStore) -> None:
+    a = SharedMap(store, run_id='a', compact_after_records=4)
+    await a.initialize()
+    for i in range(4):
+        a[f'k{i}'] = 'processed'
+        await a.sync()
+    assert a.stats.compactions == 1
+    for i in range(3):  # the 4 logs stay until the next compaction, but only new logs count towards it
+        a[f'n{i}'] = 'processed'
+        await a.sync()
+    assert a.stats.compactions == 1, 'no second compaction rewriting the same state'
+    joiner = SharedMap(store, run_id='joiner', compact_after_records=4)
+    await joiner.initialize()
+    await joiner.sync()
+    await joiner.sync()
+    assert joiner.stats.compactions == 0, 'a run joining a compacted store does not compact it again'
+    a['n3'] = 'processed'
+    await a.sync()
+    assert a.stats.compactions == 2, 'the 4th new log makes the next compaction due'
+    assert len(await keys_of(store, 'SM.L.')) <= 5, 'which deleted the logs the first snapshot held'
+
+
 async def test_readers_that_keep_up_never_reload_a_snapshot(store: KeyValueStore) -> None:
     a = SharedMap(store, run_id='a', compact_after_records=3)
     b = SharedMap(store, run_id='b', compact_after_records=10**6)
