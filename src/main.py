@@ -47,13 +47,12 @@ async def main() -> None:
                 with_depths=crawl_input.max_crawl_depth is not None,
                 max_processed=crawl_input.max_requests_per_crawl,
             ) as manager:
-                pages = PageItems()  # each item records its page: a resumed run fetches again what it cannot vouch for
+                pages = await PageItems.open(manager.shared)  # a resume fetches its unsynced saved pages again
                 crawler = LeanBeautifulSoupCrawler(  # BeautifulSoupCrawler, less CPU per page (src/lean_crawler.py)
                     request_manager=options.wrap(manager),  # skips excluded URLs, paces to maxRequestsPerMinute
                     keep_alive=True,  # an empty queue does not end the run: other runs may still hand URLs over
                     **options.crawler_kwargs(pages.wrap(router), is_known=manager.is_known),  # known links: no requests
                 )
-                await pages.resume(manager.shared)  # a resumed run: its dataset's pages not done in the store
                 if not await joined_before():  # a migrated run goes on at once: the others may have finished
                     await supervisor.wait_unless_stopped(manager.wait_for_runs())
                 async with paused_on_migration(crawler, manager):  # on the platform: nothing saved is lost

@@ -40,9 +40,8 @@ class PageItems:
 
     Usage:
         ```python
-        pages = PageItems()
+        pages = await PageItems.open(manager.shared)  # what this run's dataset holds of pages not done
         crawler = BeautifulSoupCrawler(request_handler=pages.wrap(router), request_manager=manager)
-        await pages.resume(manager.shared)  # before the crawl starts: what this run's dataset already holds
         ```
     """
 
@@ -83,15 +82,21 @@ class PageItems:
 
         return tagged
 
-    async def resume(self, statuses: Mapping[str, object]) -> int:
+    @classmethod
+    async def open(cls, statuses: Mapping[str, object]) -> PageItems:
         """Read this run's dataset (kept from an earlier attempt): the pages saved there but not done in the store.
 
         Those pages are fetched again (their links were lost with the earlier attempt), and the items already saved
-        are not saved again. Returns how many such pages there are.
+        are not saved again.
         """
+        page_items = cls()
+        await page_items._resume(statuses)
+        return page_items
+
+    async def _resume(self, statuses: Mapping[str, object]) -> None:
         dataset = await Actor.open_dataset()
         if not (await dataset.get_metadata()).item_count:
-            return 0
+            return
         pages: set[str] = set()
         async for item in dataset.iterate_items():
             page, position = item.get(PAGE_FIELD), item.get(ITEM_FIELD)
@@ -104,4 +109,3 @@ class PageItems:
                 'shared store (it stopped before its next sync): they are fetched again to find their links, and '
                 'their results are not saved twice.'
             )
-        return len(pages)
