@@ -40,6 +40,17 @@ class ScriptedStore:
         self.record = record
         self.written: list[tuple[str, Any]] = []
 
+    def hang_writes(self) -> asyncio.Event:
+        """From now on every write waits, with no error and no reply (a connection left hanging), until the event
+        returned is set."""
+        answer = asyncio.Event()
+
+        async def no_answer(_key: str) -> None:
+            await answer.wait()
+
+        self.before_set = no_answer
+        return answer
+
     def as_store(self) -> KeyValueStore:
         return cast('KeyValueStore', self)
 

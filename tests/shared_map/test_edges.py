@@ -60,12 +60,7 @@ async def test_close_honours_a_caller_s_deadline_while_a_sync_hangs(store: KeyVa
     shared = SharedMap(hanging.as_store(), run_id='stuck', store_timeout_secs=60)
     await shared.initialize()
     shared['kept'] = 'processed'
-    never = asyncio.Event()
-
-    async def no_answer(_key: str) -> None:
-        await never.wait()
-
-    hanging.before_set = no_answer
+    hanging.hang_writes()
     shared.start_background_sync(0.01)  # its next sync hangs on the write, holding the sync lock
     await asyncio.sleep(0.2)
     started = time.monotonic()
@@ -82,12 +77,7 @@ async def test_close_is_bounded_by_the_store_timeout_and_says_what_was_lost(stor
     await shared.initialize()
     shared['lost-1'] = 'processed'
     shared['lost-2'] = 'enqueued'
-    never = asyncio.Event()
-
-    async def no_answer(_key: str) -> None:
-        await never.wait()
-
-    hanging.before_set = no_answer  # every write hangs: the final sync, the lease and the run record
+    hanging.hang_writes()  # every write hangs: the final sync, the lease and the run record
     started = time.monotonic()
     with pytest.raises(SyncError, match=r'did not take the final state at close .*; 2 changes of this run were not'):
         await shared.close()

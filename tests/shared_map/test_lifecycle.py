@@ -71,12 +71,7 @@ async def test_a_store_that_stops_answering_fails_the_sync_instead_of_stalling_i
     shared = SharedMap(hanging.as_store(), run_id='stalled', store_timeout_secs=0.3)
     await shared.initialize()
     shared['kept'] = 'processed'
-    answer = asyncio.Event()
-
-    async def no_answer(_key: str) -> None:
-        await answer.wait()  # a connection left hanging: no error, no reply
-
-    hanging.before_set = no_answer
+    hanging.hang_writes()
     started = time.monotonic()
     with pytest.raises(SyncError, match=r'did not answer a write \(SM\.L\..*\) within 0\.3 s'):
         await shared.sync()
