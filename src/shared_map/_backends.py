@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ._actor_events import actor_is_active
 from ._errors import InvalidOptionError, SharedMapError
+from ._store import quiet_expected_races
 
 if TYPE_CHECKING:
     from crawlee.configuration import Configuration
@@ -189,6 +190,7 @@ async def open_store(
     from crawlee.storages import KeyValueStore
 
     name = check_store_name(name)
+    quiet_expected_races()  # before the first read: the crawl's own records are read before any map loads
     if connection is None and (actor_is_active() if in_actor is None else in_actor):
         from apify import Actor
 

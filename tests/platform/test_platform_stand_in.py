@@ -154,6 +154,9 @@ async def test_a_listing_paged_across_a_compaction_loses_nothing(api: PlatformSt
     first = await compactor.sync()
     assert first.compacted, 'the first snapshot covers the 1100 logs; deleting them waits for the next one'
     assert first.records_deleted == 0
+    for i in range(1100, 1170):  # logs the snapshot does not hold: the next compaction is due (and deletes the 1100)
+        writer[f'https://example.com/{i}'] = 'processed'
+    await writer.sync()
 
     hold = api.hold_next('list_keys', lambda query: bool(query.get('exclusiveStartKey')))
     reading = asyncio.create_task(reader.sync())
@@ -168,7 +171,7 @@ async def test_a_listing_paged_across_a_compaction_loses_nothing(api: PlatformSt
     assert result.records_missing == 0, 'the re-listing found the new snapshot'
     assert reader.stats.snapshots_loaded >= 1
     assert dict(reader) == dict(writer)
-    assert len(reader) == 1100
+    assert len(reader) == 1170
     assert_nothing_refused(api)
 
 
@@ -204,7 +207,7 @@ async def test_big_syncs_split_into_records_under_the_9_mib_limit(api: PlatformS
     assert first.records_written >= 2, 'more than 9 MiB of changes: several log records'
     shared['https://example.com/one-more'] = 'processed'
     second = await shared.sync()
-    assert second.compacted, 'the snapshot of the whole state is split into parts too'
+    assert first.compacted or second.compacted, 'the snapshot of the whole state is split into parts too'
 
     assert api.largest_record > 5 * MiB, 'records got near the limit (the default max is 5 MiB)'
     assert api.count('record_put', 413) == 0
