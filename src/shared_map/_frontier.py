@@ -90,6 +90,7 @@ class SharedFrontier:
         # their earlier owner for a grace period (it may still fetch them from its queue until it sees this run).
         self._joined = False
         self._grace_until = 0.0
+        self._info_read_for = 0  # `state.readied` when the request info was last read for the ready URLs
         self._requeues = 0
         # Whether this run's queue held handled requests before this run (kept from an interrupted attempt).
         self._queue_had_history: bool | None = None
@@ -193,9 +194,10 @@ class SharedFrontier:
     async def refill(self) -> bool:
         """Queue more of the URLs this run owns, up to `QUEUE_BATCH` waiting in its queue; whether it queued any.
 
-        Not while URLs became ready since the last `take_over()`: their request info is read there first.
+        Not while URLs became ready whose request info `take_over()` has not read yet (its read may be under way:
+        a request built now would lose its label and depth).
         """
-        if self.state.fresh_ready or not self.state.ready:
+        if not self.state.ready or (self._info is not None and self.state.readied != self._info_read_for):
             return False
         return await self._queue_ready()
 
@@ -298,8 +300,10 @@ class SharedFrontier:
         await state.settle()
         others = {run: count for run, count in state.waiting_for().items() if run != state.me}
         self._expect_hunger(others)
-        if state.ready and state.take_fresh() and self._info is not None:
+        if self._info is not None and state.ready and state.readied != self._info_read_for:
+            readied = state.readied
             await self._info.sync()  # the others' request info, read only when there is something to take over
+            self._info_read_for = readied  # URLs made ready meanwhile wait for the next read
         if state.ready:
             await self._queue_ready()
         self._update_allowance()

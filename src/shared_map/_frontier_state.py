@@ -53,7 +53,7 @@ class FrontierState:
         # A change of the live runs being applied by `settle()`: (URLs to look at, runs added, runs removed).
         self._moves: tuple[list[str], frozenset[str], frozenset[str]] | None = None
         self.ready: dict[str, None] = {}  # an ordered set: queued in the order the URLs became ready
-        self.fresh_ready = False  # URLs became ready since `take_fresh()`: their request info may need reading
+        self.readied = 0  # counts URLs made ready: the frontier reads the request info again when it moved
         self.queued: set[str] = set()
         self.started: set[str] = set()
         self.let_go: set[str] = set()
@@ -189,7 +189,7 @@ class FrontierState:
             self._held.add(url)  # its owner before this run joined may still fetch it from its queue
         else:
             self.ready[url] = None
-            self.fresh_ready = True
+            self.readied += 1
 
     async def settle(self, chunk: int = SETTLE_CHUNK) -> None:
         """Compute the owners not known yet, and move those a change of the live runs moves, yielding between chunks."""
@@ -247,11 +247,6 @@ class FrontierState:
         self.queued.update(taken)
         return taken
 
-    def take_fresh(self) -> bool:
-        """Whether URLs became ready since the last call."""
-        fresh, self.fresh_ready = self.fresh_ready, False
-        return fresh
-
     def mark_queued(self, url: str) -> None:
         """`url` went into this run's queue (a link it found and owns)."""
         self.queued.add(url)
@@ -289,7 +284,7 @@ class FrontierState:
         for url in held:
             if self._owners.get(url) == self.me and url not in self.queued:
                 self.ready[url] = None
-                self.fresh_ready = True
+                self.readied += 1
 
     def is_let_go(self, urls: Iterable[str]) -> list[str]:
         """Those of `urls` that were let go here before (their unique key is used up in this run's queue)."""

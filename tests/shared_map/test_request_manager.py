@@ -10,6 +10,7 @@ from crawlee import Request, RequestState
 from crawlee.storage_clients import MemoryStorageClient
 from crawlee.storages import KeyValueStore, RequestQueue
 
+from bench.scripted_store import ScriptedStore
 from src.shared_map import SharedMap, SharedRequestManager, map_key
 
 
@@ -200,10 +201,12 @@ async def test_a_url_the_kept_queue_had_handled_but_the_map_still_waits_for_is_f
     assert sorted(await drain(manager)) == ['https://example.com/late', 'https://example.com/other']
 
 
-async def open_crawl_run(store: KeyValueStore, run_id: str) -> tuple[SharedMap, SharedMap, SharedRequestManager]:
+async def open_crawl_run(
+    store: KeyValueStore, run_id: str, *, info_store: KeyValueStore | None = None
+) -> tuple[SharedMap, SharedMap, SharedRequestManager]:
     """A run as `open_crawl` builds it: a queue in memory, the statuses, and the request info beside them."""
     shared = SharedMap(store, run_id=run_id, heartbeat_secs=0.01)
-    info = SharedMap(store, run_id=run_id, prefix='SMD')
+    info = SharedMap(info_store or store, run_id=run_id, prefix='SMD')
     await shared.initialize()
     await info.initialize()
     # A new process's memory: a queue of its own (crawlee caches storages by name).
@@ -264,3 +267,28 @@ async def test_a_restarted_run_rebuilds_its_queue_from_the_map_with_labels(store
         await restarted.mark_request_as_handled(request)
     assert sorted(r.url for r in rebuilt) == sorted(set(urls) - {first.url}), 'no URL lost, none fetched twice'
     assert all(r.label == 'DETAIL' and r.crawl_depth == 1 for r in rebuilt)
+
+
+async def test_a_refill_while_the_request_info_is_read_waits_for_it(store: KeyValueStore) -> None:
+    """The crawler asks for more work (`is_empty` refills the queue) while `take_over()` is still reading the
+    others' request info (a slow store): no request may be built before the info is read, or it loses its label."""
+    _a_map, _a_info, a = await open_crawl_run(store, 'run-a')
+    slow = ScriptedStore(store, read_delay=0.05)
+    _b_map, _b_info, b = await open_crawl_run(store, 'run-b', info_store=slow.as_store())
+    await asyncio.gather(a.wait_for_runs(timeout_secs=5), b.wait_for_runs(timeout_secs=5))
+    urls = [f'https://example.com/detail-{i}' for i in range(60)]
+    await a.add_requests([labelled(url, depth=2) for url in urls])
+    await a.tick()  # the info, then the statuses
+    await b.sync()
+    taking_over = asyncio.create_task(b.take_over())
+    await asyncio.sleep(0.02)  # take_over() is reading the info now
+    assert not taking_over.done()
+    await b.is_empty()  # the crawler asks meanwhile
+    await taking_over
+    fetched = []
+    while (request := await b.fetch_next_request()) is not None:
+        fetched.append(request)
+        request.state = RequestState.DONE
+        await b.mark_request_as_handled(request)
+    assert len(fetched) == a.stats.handed_over > 10
+    assert [r.url for r in fetched if r.label != 'DETAIL' or r.crawl_depth != 2] == []
