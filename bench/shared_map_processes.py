@@ -152,13 +152,19 @@ async def kill_and_restart_rounds(connection: str, workdir: Path, *, seed: int, 
             for i in range(count)
         ]  # fmt: skip
         deadline = time.monotonic() + 60
-        # Polls other processes' journal files: no in-process event can tell.
-        while time.monotonic() < deadline and min(len(synced_ops(folder, i)) for i in range(count)) < 200:  # noqa: ASYNC110
+        # Polls other processes' journal files: no in-process event can tell. A worker that exited (it could not
+        # start: see `failed_starts`) will sync nothing more: no use waiting for it.
+        while (  # noqa: ASYNC110 - polls files and processes, as above
+            time.monotonic() < deadline
+            and all(proc.poll() is None for proc in procs)
+            and min(len(synced_ops(folder, i)) for i in range(count)) < 200
+        ):
             await asyncio.sleep(0.05)
         await asyncio.sleep(rng.random())
+        failed_starts = 0
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            failed_starts += proc.wait() != -signal.SIGKILL
             await asyncio.sleep(rng.random() * 0.3)
         for i in range(count):
             synced, maybe = read_journal(folder, i)
@@ -173,5 +179,13 @@ async def kill_and_restart_rounds(connection: str, workdir: Path, *, seed: int, 
                 checked += 1
                 if fresh.get(key, ABSENT) != value:
                     lost.append((key, value, fresh.get(key, '<absent>')))
-        reports.append({'round': round_, 'checked': checked, 'lost': lost, 'restarts': count if round_ else 0})
+        reports.append(
+            {
+                'round': round_,
+                'checked': checked,
+                'lost': lost,
+                'restarts': count if round_ else 0,
+                'failed_starts': failed_starts,
+            }
+        )
     return reports
