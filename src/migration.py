@@ -2,11 +2,11 @@
 
 The platform sends MIGRATING, then kills the process a little later. The shared map syncs on MIGRATING, but the
 crawler would go on fetching and saving pages until the kill: pages saved in the dataset whose links were never
-synced. The restarted run marks the pages in its dataset processed (`skip_saved_pages`), so those links would be lost.
-Hence, on MIGRATING, the crawler takes no new page, the pages in flight finish, and the shared maps sync once more:
-everything in the dataset is then in the shared map, processed and with the links found on it. The run then waits to
-be killed; the restarted run goes on from the shared map, without waiting for the other runs to show up as a new
-crawl does: they may have finished meanwhile.
+synced. The restarted run would fetch them again (`src/page_items.py`: a page counts as done only once the store
+says so), wasted work. Hence, on MIGRATING, the crawler takes no new page, the pages in flight finish, and the shared
+maps sync once more: everything in the dataset is then in the shared map, processed and with the links found on
+it. The run then waits to be killed; the restarted run goes on from the shared map, without waiting for the other
+runs to show up as a new crawl does: they may have finished meanwhile.
 """
 
 from __future__ import annotations
