@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from crawlee import service_locator
-from crawlee.storages import KeyValueStore
 
-from src.shared_map import SharedMap, close_storage_client, storage_client_for
+from src.shared_map import SharedMap, close_storage_client, open_with_client, storage_client_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = object()
@@ -87,7 +86,7 @@ def expected_owned(journals: dict[int, list[list[Any]]]) -> dict[str, Any]:
 async def load_fresh(connection: str) -> dict[str, Any]:
     service_locator.storage_instance_manager.clear_cache()
     storage_client, configuration = storage_client_for(connection)
-    store = await KeyValueStore.open(name='shared-proc', storage_client=storage_client, configuration=configuration)
+    store = await open_with_client('shared-proc', storage_client=storage_client, configuration=configuration)
     fresh = SharedMap(store, run_id='checker')
     await fresh.initialize()
     state = dict(fresh)

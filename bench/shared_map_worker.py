@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from crawlee.storages import KeyValueStore
-
 from bench.scripted_store import ScriptedStore
-from src.shared_map import SharedMap, SyncError, close_storage_client, storage_client_for
+from src.shared_map import SharedMap, SyncError, close_storage_client, open_with_client, storage_client_for
 
 VALUES: list[Any] = ['processed', 'failed', {'retries': 2}, 7, None, 'enqueued']
 
@@ -81,7 +79,7 @@ async def main() -> None:
     rng = random.Random(args.seed)
     await asyncio.sleep(args.start_delay)
     storage_client, configuration = storage_client_for(args.connection)
-    store = await KeyValueStore.open(name='shared-proc', storage_client=storage_client, configuration=configuration)
+    store = await open_with_client('shared-proc', storage_client=storage_client, configuration=configuration)
     scripted = ScriptedStore(store, read_delay=args.read_delay_ms / 1000)
     shared = SharedMap(
         scripted.as_store(),

@@ -11,6 +11,7 @@ from ._backends import (
     check_store_name,
     close_storage_client,
     open_store,
+    open_with_client,
     storage_client_for,
 )
 from ._errors import InvalidOptionError, SharedMapError, SyncError, UnsupportedFormatError
@@ -51,5 +52,6 @@ __all__ = [
     'map_key',
     'map_key_of',
     'open_store',
+    'open_with_client',
     'storage_client_for',
 ]

@@ -187,8 +187,6 @@ async def open_store(
         StoreUnavailableError: when the backend cannot be reached within 30 s; the message names the host and
             port (never the password) and the reason.
     """
-    from crawlee.storages import KeyValueStore
-
     name = check_store_name(name)
     quiet_expected_races()  # before the first read: the crawl's own records are read before any map loads
     if connection is None and (actor_is_active() if in_actor is None else in_actor):
@@ -201,7 +199,7 @@ async def open_store(
     configuration = configuration or connection_configuration
     try:
         return await asyncio.wait_for(
-            KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration),
+            open_with_client(name, storage_client=storage_client, configuration=configuration),
             CONNECT_TIMEOUT_SECS,
         )
     except (OSError, TimeoutError) as exc:
@@ -210,6 +208,27 @@ async def open_store(
         if type(exc).__module__.startswith(('sqlalchemy', 'asyncpg', 'aiosqlite', 'sqlite3', 'redis')):
             raise unavailable(connection, exc) from exc
         raise
+
+
+async def open_with_client(
+    name: str, *, storage_client: StorageClient | None, configuration: Configuration | None
+) -> KeyValueStore:
+    """`KeyValueStore.open` on `storage_client`, past crawlee's race when several processes create the SQL tables.
+
+    crawlee's SQL client creates its tables on first use and tolerates another process doing the same at once on
+    SQLite, but not on PostgreSQL ("relation ... already exists"): runs started together on a fresh database (e.g.
+    on several machines) would fail. The tables exist by then, so opening again succeeds.
+    """
+    from crawlee.storages import KeyValueStore
+
+    for attempt in range(3):
+        try:
+            return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
+        except Exception as exc:
+            if attempt == 2 or 'already exists' not in str(exc) or not type(exc).__module__.startswith('sqlalchemy'):
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError('unreachable')
 
 
 def unavailable(connection: str | None, exc: BaseException) -> StoreUnavailableError:
