@@ -46,7 +46,7 @@ def check_store_name(name: str | None) -> str:
         shown = 'the default store' if name is None else f'"{name}"'
         raise InvalidOptionError(
             f'The shared store cannot be {shown}: crawlee purges the default key-value store when a run starts '
-            '(its INPUT and OUTPUT included). Give the shared store its own name, e.g. "shared-crawl-state".'
+            '(its INPUT and OUTPUT included). Give the shared store its own name, e.g. "my-crawl".'
         )
     return name
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from src.input import CrawlerInput, InputError, check_local_input_file
+from tests.actor.project import ROOT
 
 
 def test_defaults_and_camel_case_fields() -> None:
@@ -145,3 +147,11 @@ def test_a_broken_input_file_is_named_with_line_and_column(tmp_path: Path, monke
         check_local_input_file()
     (folder / 'INPUT.json').write_text('{"startUrls": []}')
     check_local_input_file()
+
+
+def test_the_shipped_input_names_no_crawl() -> None:
+    """`apify run` twice with the project's INPUT.json: two crawls. An input naming the store would make every later
+    run resume the first crawl and fetch nothing (seen with the shipped input before)."""
+    shipped = json.loads((ROOT / 'storage' / 'key_value_stores' / 'default' / 'INPUT.json').read_text())
+    assert 'sharedStoreName' not in shipped
+    assert CrawlerInput.parse(shipped).use_shared_map
