@@ -221,14 +221,14 @@ async def open_with_client(
     """
     from crawlee.storages import KeyValueStore
 
-    for attempt in range(3):
+    for _ in range(2):
         try:
             return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
         except Exception as exc:
-            if attempt == 2 or 'already exists' not in str(exc) or not type(exc).__module__.startswith('sqlalchemy'):
+            if 'already exists' not in str(exc) or not type(exc).__module__.startswith('sqlalchemy'):
                 raise
             await asyncio.sleep(0.1)
-    raise AssertionError('unreachable')
+    return await KeyValueStore.open(name=name, storage_client=storage_client, configuration=configuration)
 
 
 def unavailable(connection: str | None, exc: BaseException) -> StoreUnavailableError:
